@@ -1,0 +1,1 @@
+"""Backends: the swappable parts behind the launch service (local and, later, AWS)."""

@@ -1,0 +1,144 @@
+"""The small interfaces every backend implements.
+
+The launch service talks only to these. The local mode plugs in SQLite, a uv
+builder and local Jupyter processes; the AWS mode plugs in DynamoDB, CodeBuild
+with ECR, and ECS Fargate. Log sinks are plain callables taking one line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from ..envplan import EnvironmentPlan
+from ..events import Event
+from ..providers.base import ResolvedRepo
+
+__all__ = [
+    "Builder",
+    "EventLog",
+    "Fetcher",
+    "ImageRef",
+    "LogSink",
+    "Route",
+    "RouteTable",
+    "SessionHandle",
+    "SessionSpec",
+    "Spawner",
+]
+
+LogSink = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """A built environment: ``name`` is what clients see as ``imageName``."""
+
+    key: str
+    name: str
+    location: str
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """Everything a spawner needs to start one session's Jupyter server."""
+
+    session_id: str
+    image: ImageRef
+    home: Path
+    base_url: str
+    token: str
+    environment: Mapping[str, str] = field(default_factory=dict)
+    start_script: str | None = None
+
+
+@dataclass(frozen=True)
+class SessionHandle:
+    """A started session: ``target`` is the base address the proxy forwards to."""
+
+    session_id: str
+    target: str
+    backend_id: str
+
+
+@dataclass(frozen=True)
+class Route:
+    session_id: str
+    target: str
+    token: str
+    owner: str = ""
+
+
+class Fetcher(Protocol):
+    async def fetch(self, repo: ResolvedRepo, dest: Path, log: LogSink) -> None:
+        """Place ``repo`` at its resolved revision in the empty directory ``dest``."""
+        ...
+
+
+class Builder(Protocol):
+    """Turns a checkout into a runnable environment, keyed by its environment files."""
+
+    name: str
+
+    def plan(self, checkout: Path) -> EnvironmentPlan:
+        """Read the checkout's environment files; the plan's key names the environment."""
+        ...
+
+    async def find(self, plan: EnvironmentPlan) -> ImageRef | None:
+        """The already-built environment for ``plan``, or ``None`` when it must be built."""
+        ...
+
+    async def build(self, plan: EnvironmentPlan, checkout: Path, log: LogSink) -> ImageRef:
+        """Build it, sending output lines to ``log``.
+
+        Raises ``UnsupportedRepository`` (naming the builder that can) or
+        ``BuildFailed``; a failed build leaves nothing half-built behind.
+        """
+        ...
+
+
+class Spawner(Protocol):
+    """Starts and stops the Jupyter server of a session."""
+
+    async def start(self, spec: SessionSpec, log: LogSink) -> SessionHandle: ...
+
+    async def stop(self, handle: SessionHandle) -> None:
+        """Stop the server; stopping one that is already gone is not an error."""
+        ...
+
+    async def alive(self, handle: SessionHandle) -> bool: ...
+
+    async def tail(self, handle: SessionHandle, lines: int = 20) -> list[str]:
+        """The last lines the server printed, for the message when it fails to start."""
+        ...
+
+
+class RouteTable(Protocol):
+    """Session id -> where its server answers and the token it requires."""
+
+    def add(self, route: Route) -> None: ...
+
+    def lookup(self, session_id: str) -> Route:
+        """Raises ``SessionNotFound`` when the session is unknown or stopped."""
+        ...
+
+    def remove(self, session_id: str) -> None: ...
+
+
+class EventLog(Protocol):
+    """Append-only, per-launch event streams that late or returning clients can replay."""
+
+    def append(self, stream: str, event: Event) -> int:
+        """Store ``event``; returns its sequence number (1, 2, ...)."""
+        ...
+
+    def read(self, stream: str, after: int = 0) -> list[tuple[int, Event]]: ...
+
+    def follow(
+        self, stream: str, after: int = 0, *, tick: float = 20.0
+    ) -> AsyncIterator[tuple[int, Event] | None]:
+        """Yield stored events after ``after``, then new ones as they come; ``None``
+        every ``tick`` seconds without news (time for a keepalive). Ends after a final event."""
+        ...

@@ -1,0 +1,64 @@
+"""Find a Python interpreter of a given version on this machine (never download one)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from ..errors import UnsupportedRepository
+
+__all__ = ["default_python", "find_python"]
+
+
+def _version_of(path: str) -> str | None:
+    try:
+        out = subprocess.run(
+            [path, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True, text=True, timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def default_python() -> str:
+    """The interpreter binderless itself runs on (its base, not its virtual env)."""
+    base = Path(sys.base_prefix) / "bin"
+    for name in (f"python{sys.version_info[0]}.{sys.version_info[1]}", "python3"):
+        if (base / name).exists():
+            return str(base / name)
+    return sys.executable
+
+
+def find_python(version: str) -> str:
+    """Path of a ``python<version>`` (``"3.10"``) found on PATH, under pyenv, or by uv.
+
+    Raises ``UnsupportedRepository`` naming the versions that are available.
+    """
+    if f"{sys.version_info[0]}.{sys.version_info[1]}" == version:
+        return default_python()
+    candidates: list[str] = []
+    found = shutil.which(f"python{version}")
+    if found:
+        candidates.append(found)
+    pyenv_root = os.environ.get("PYENV_ROOT", str(Path.home() / ".pyenv"))
+    candidates += sorted(glob.glob(f"{pyenv_root}/versions/{version}.*/bin/python{version}"),
+                         reverse=True)
+    candidates += [f"/usr/bin/python{version}", f"/usr/local/bin/python{version}"]
+    for path in candidates:
+        if Path(path).exists() and _version_of(path) == version:
+            return path
+    available = sorted({
+        v for p in glob.glob(f"{pyenv_root}/versions/3.*/bin/python3")
+        + glob.glob("/usr/bin/python3.*") + glob.glob("/usr/local/bin/python3.*")
+        if (v := _version_of(p))
+    } | {f"{sys.version_info[0]}.{sys.version_info[1]}"})
+    raise UnsupportedRepository(
+        f"runtime.txt asks for Python {version}, which is not installed on this machine.",
+        hint=f"Python versions found here: {', '.join(available)}. Change runtime.txt "
+        "to one of them, or install that Python and launch again.",
+    )

@@ -1,0 +1,283 @@
+"""Local state in one SQLite file: launches, sessions (which double as routes), events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import SessionNotFound
+from ..events import Event
+from .protocols import Route
+
+__all__ = ["Database", "SessionRecord", "SqliteEventLog", "SqliteRoutes", "SqliteStore"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS launches (
+    launch_id TEXT PRIMARY KEY,
+    provider TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    resolved_ref TEXT NOT NULL DEFAULT '',
+    image_key TEXT NOT NULL DEFAULT '',
+    phase TEXT NOT NULL DEFAULT 'waiting',
+    session_id TEXT NOT NULL DEFAULT '',
+    built INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id TEXT PRIMARY KEY,
+    launch_id TEXT NOT NULL,
+    owner TEXT NOT NULL DEFAULT '',
+    repo_url TEXT NOT NULL,
+    resolved_ref TEXT NOT NULL,
+    image_key TEXT NOT NULL,
+    home TEXT NOT NULL,
+    target TEXT NOT NULL DEFAULT '',
+    token TEXT NOT NULL,
+    backend_id TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    last_activity REAL NOT NULL,
+    stopped_at REAL,
+    stop_reason TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS events (
+    stream TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (stream, seq)
+);
+"""
+
+
+class Database:
+    """One connection, serialised by a lock; WAL so readers never block the writer."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.executescript(SCHEMA)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Cursor]:
+        with self._lock:
+            cur = self._conn.cursor()
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+                yield cur
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            finally:
+                cur.close()
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return list(self._conn.execute(sql, params))
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    session_id: str
+    launch_id: str
+    owner: str
+    repo_url: str
+    resolved_ref: str
+    image_key: str
+    home: str
+    target: str
+    token: str
+    backend_id: str
+    status: str
+    created_at: float
+    last_activity: float
+    stopped_at: float | None = None
+    stop_reason: str = ""
+
+
+class SqliteStore:
+    """Launch and session records."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def create_launch(self, launch_id: str, provider: str, spec: str, now: float) -> None:
+        with self.db.transaction() as cur:
+            cur.execute(
+                "INSERT INTO launches (launch_id, provider, spec, created_at) VALUES (?,?,?,?)",
+                (launch_id, provider, spec, now),
+            )
+
+    def update_launch(self, launch_id: str, **fields: Any) -> None:
+        if not fields:
+            return
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        with self.db.transaction() as cur:
+            cur.execute(f"UPDATE launches SET {cols} WHERE launch_id = ?", (*fields.values(), launch_id))
+
+    def get_launch(self, launch_id: str) -> dict[str, Any] | None:
+        rows = self.db.query("SELECT * FROM launches WHERE launch_id = ?", (launch_id,))
+        return dict(rows[0]) if rows else None
+
+    def launch_durations(self, image_key: str, built: bool, limit: int = 10) -> list[float]:
+        rows = self.db.query(
+            "SELECT finished_at - created_at AS d FROM launches WHERE image_key = ? AND built = ? "
+            "AND phase = 'ready' AND finished_at IS NOT NULL ORDER BY created_at DESC LIMIT ?",
+            (image_key, int(built), limit),
+        )
+        return [float(r["d"]) for r in rows]
+
+    def unfinished_launches(self) -> list[str]:
+        rows = self.db.query("SELECT launch_id FROM launches WHERE phase NOT IN ('ready', 'failed')")
+        return [str(r["launch_id"]) for r in rows]
+
+    def add_session(self, record: SessionRecord) -> None:
+        with self.db.transaction() as cur:
+            cur.execute(
+                "INSERT INTO sessions (session_id, launch_id, owner, repo_url, resolved_ref, "
+                "image_key, home, target, token, backend_id, status, created_at, last_activity) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (record.session_id, record.launch_id, record.owner, record.repo_url,
+                 record.resolved_ref, record.image_key, record.home, record.target, record.token,
+                 record.backend_id, record.status, record.created_at, record.last_activity),
+            )
+
+    def update_session(self, session_id: str, **fields: Any) -> None:
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        with self.db.transaction() as cur:
+            cur.execute(f"UPDATE sessions SET {cols} WHERE session_id = ?", (*fields.values(), session_id))
+
+    def get_session(self, session_id: str) -> SessionRecord:
+        rows = self.db.query("SELECT * FROM sessions WHERE session_id = ?", (session_id,))
+        if not rows:
+            raise SessionNotFound(f"There is no session {session_id!r}.")
+        return SessionRecord(**dict(rows[0]))
+
+    def sessions(self, *statuses: str) -> list[SessionRecord]:
+        marks = ",".join("?" for _ in statuses)
+        rows = self.db.query(f"SELECT * FROM sessions WHERE status IN ({marks})", statuses)
+        return [SessionRecord(**dict(r)) for r in rows]
+
+    def count_active(self, repo_url: str | None = None) -> int:
+        sql = "SELECT COUNT(*) AS n FROM sessions WHERE status IN ('starting', 'running')"
+        params: tuple[Any, ...] = ()
+        if repo_url is not None:
+            sql += " AND repo_url = ?"
+            params = (repo_url,)
+        return int(self.db.query(sql, params)[0]["n"])
+
+
+class SqliteRoutes:
+    """The route table of the local mode: running sessions, read from the sessions table."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def add(self, route: Route) -> None:
+        with self.db.transaction() as cur:
+            cur.execute(
+                "UPDATE sessions SET target = ?, token = ?, status = 'running' WHERE session_id = ?",
+                (route.target, route.token, route.session_id),
+            )
+
+    def lookup(self, session_id: str) -> Route:
+        rows = self.db.query(
+            "SELECT session_id, target, token, owner FROM sessions "
+            "WHERE session_id = ? AND status = 'running'",
+            (session_id,),
+        )
+        if not rows:
+            raise SessionNotFound(
+                f"Session {session_id} is not running.",
+                hint="It may have been stopped after being idle. Launch the repository again.",
+            )
+        return Route(**dict(rows[0]))
+
+    def remove(self, session_id: str) -> None:
+        with self.db.transaction() as cur:
+            cur.execute("UPDATE sessions SET target = '' WHERE session_id = ?", (session_id,))
+
+
+class SqliteEventLog:
+    """Event streams in SQLite, with in-process wake-ups for followers."""
+
+    def __init__(self, db: Database, clock: Any = time.time) -> None:
+        self.db = db
+        self._clock = clock
+        self._wakeups: dict[str, asyncio.Event] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def append(self, stream: str, event: Event) -> int:
+        data = json.dumps(event.to_json())
+        with self.db.transaction() as cur:
+            row = cur.execute(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE stream = ?", (stream,)
+            ).fetchone()
+            seq = int(row[0])
+            cur.execute(
+                "INSERT INTO events (stream, seq, data, created_at) VALUES (?,?,?,?)",
+                (stream, seq, data, self._clock()),
+            )
+        self._wake(stream)
+        return seq
+
+    def _wake(self, stream: str) -> None:
+        waiter = self._wakeups.pop(stream, None)
+        if waiter is None or self._loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            waiter.set()
+        else:
+            self._loop.call_soon_threadsafe(waiter.set)
+
+    def read(self, stream: str, after: int = 0) -> list[tuple[int, Event]]:
+        rows = self.db.query(
+            "SELECT seq, data FROM events WHERE stream = ? AND seq > ? ORDER BY seq",
+            (stream, after),
+        )
+        return [(int(r["seq"]), Event.from_json(json.loads(r["data"]))) for r in rows]
+
+    def last_seq(self, stream: str) -> int:
+        rows = self.db.query("SELECT COALESCE(MAX(seq), 0) AS n FROM events WHERE stream = ?", (stream,))
+        return int(rows[0]["n"])
+
+    async def follow(
+        self, stream: str, after: int = 0, *, tick: float = 20.0
+    ) -> AsyncIterator[tuple[int, Event] | None]:
+        self._loop = asyncio.get_running_loop()
+        while True:
+            waiter = self._wakeups.setdefault(stream, asyncio.Event())
+            items = self.read(stream, after)
+            for seq, event in items:
+                after = seq
+                yield seq, event
+                if event.is_final:
+                    return
+            if items:
+                continue
+            try:
+                await asyncio.wait_for(waiter.wait(), timeout=tick)
+            except TimeoutError:
+                yield None

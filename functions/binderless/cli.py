@@ -1,0 +1,169 @@
+"""The ``binderless`` command line: thin parsing around the service and the client."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import logging
+import os
+import signal
+import sys
+import webbrowser
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from . import __version__
+from .settings import load_settings
+
+__all__ = ["main"]
+
+EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "examples" / "hello"
+DEFAULT_SERVER = "http://127.0.0.1:8585"
+
+
+def _serve_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run a Binder on this machine (launch pages, /build stream, session proxy)",
+        description="Serve the launch pages, the BinderHub /build event stream and the session "
+        "proxy on one port. Sessions are local Jupyter servers in uv-built environments. "
+        "Every option can also be set as BINDERLESS_<OPTION> in the environment.",
+        epilog="Example: binderless serve --port 8585, then open "
+        "http://127.0.0.1:8585/v2/gh/binder-examples/requirements/HEAD",
+    )
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default 8585)")
+    p.add_argument("--state-dir", type=Path,
+                   help="where environments, sessions and the database live (default .state)")
+    p.add_argument("--public-url", help="the URL people reach this server at, when it is "
+                   "behind a proxy (default: taken from each request)")
+    p.add_argument("--builder", choices=["uv", "docker"],
+                   help="uv (default, no Docker needed) or docker (runs repo2docker)")
+    p.add_argument("--spawner", choices=["local", "docker"],
+                   help="local (default: Jupyter processes) or docker (containers)")
+    p.add_argument("--cull-idle", type=float, dest="cull_idle_seconds", metavar="SECONDS",
+                   help="stop sessions idle this long (default 600)")
+    p.add_argument("--max-age", type=float, dest="max_age_seconds", metavar="SECONDS",
+                   help="stop sessions older than this (default 21600, six hours)")
+    p.add_argument("--max-sessions", type=int, help="sessions running at once (default 20)")
+    p.add_argument("--keep-sessions", action="store_true", default=None,
+                   dest="keep_sessions_on_exit",
+                   help="leave sessions running on exit; the next serve adopts them")
+    p.add_argument("--demo", action="store_true",
+                   help="also launch the bundled example repository and print its link")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def _launch_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "launch",
+        help="launch a repository on a binderless or BinderHub server and print its URL",
+        description="Follow the /build event stream of a Binder server, show the progress, "
+        "and print the URL of the running session (with its token).",
+        epilog="Examples:\n  binderless launch gh/binder-examples/requirements/HEAD\n"
+        "  binderless launch 'https://mybinder.org/v2/gh/org/repo/main?labpath=index.ipynb'\n"
+        "  binderless launch git/$(python3 -c 'import urllib.parse,os;"
+        "print(urllib.parse.quote(os.getcwd(),safe=\"\"))')/HEAD",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("target", help="a Binder link (http...) or <provider>/<spec>")
+    p.add_argument("--server", default=os.environ.get("BINDERLESS_SERVER", DEFAULT_SERVER),
+                   help=f"server for a bare <provider>/<spec> (default {DEFAULT_SERVER}, "
+                   "or BINDERLESS_SERVER)")
+    p.add_argument("--open", action="store_true", help="open the session in a web browser")
+    p.add_argument("--build-only", action="store_true", help="build the environment, launch nothing")
+    p.add_argument("-v", "--verbose", action="store_true", help="print every log line")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="binderless",
+        description="Binder, serverless: launch a repository's environment in JupyterLab "
+        "from a Binder link, on this machine or on AWS.",
+    )
+    parser.add_argument("--version", action="version", version=f"binderless {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _serve_parser(sub)
+    _launch_parser(sub)
+    return parser
+
+
+def example_link() -> str:
+    return f"/v2/git/{quote(str(EXAMPLE_DIR), safe='')}/HEAD?labpath=welcome.ipynb"
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from .local import local_service
+    from .server import create_app
+
+    overrides = {k: getattr(args, k, None) for k in (
+        "host", "port", "state_dir", "public_url", "builder", "spawner", "cull_idle_seconds",
+        "max_age_seconds", "max_sessions", "keep_sessions_on_exit")}
+    settings = load_settings(os.environ, **overrides)
+    service = local_service(settings)
+    runner = web.AppRunner(create_app(service), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, shutdown_timeout=2.0)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        print(f"binderless: cannot listen on {settings.host}:{settings.port}: {exc.strerror}. "
+              "Is another server running there? Choose another with --port.", file=sys.stderr)
+        return 1
+    base = f"http://{settings.host}:{settings.port}"
+    print(f"binderless {__version__} serving at {base}/  (state in {settings.state_dir})",
+          flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    demo: asyncio.Future[None] | None = None
+    if args.demo:
+        link = base + example_link()
+        print(f"Launching the bundled example; its link is:\n  {link}", flush=True)
+        demo = asyncio.ensure_future(asyncio.to_thread(_demo_launch, link))
+    await stop.wait()
+    print("Stopping" + ("" if settings.keep_sessions_on_exit else " (and its sessions)") + "...",
+          flush=True)
+    await runner.cleanup()
+    if demo is not None and not demo.done():
+        demo.cancel()
+    return 0
+
+
+def _demo_launch(link: str) -> None:
+    from .client import run_launch
+
+    outcome = run_launch(link, server="", out=io.StringIO())
+    if outcome.ok:
+        print(f"The example is running. Open it at:\n  {outcome.open_url}\n"
+              "Press Ctrl+C to stop the server and its sessions.", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        sys.exit(2)
+    if args.command == "serve":
+        logging.basicConfig(level=args.log_level.upper(),
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        sys.exit(asyncio.run(_serve(args)))
+    if args.command == "launch":
+        from .client import run_launch
+
+        try:
+            outcome = run_launch(args.target, server=args.server, build_only=args.build_only,
+                                 verbose=args.verbose)
+        except ValueError as exc:
+            parser.exit(2, f"binderless launch: {exc}\n")
+        if outcome.ok and args.open and outcome.open_url:
+            webbrowser.open(outcome.open_url)
+        sys.exit(0 if outcome.ok else 1)

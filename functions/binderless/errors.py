@@ -1,0 +1,92 @@
+"""The errors a user can meet, each with the message they see and an HTTP-like status.
+
+Vendor errors (httpx, git, uv, boto3) are translated into these at the boundary,
+always with ``raise ... from exc``. One function in ``events`` turns any of them
+into a ``failed`` event; the HTTP hosts map ``status_code`` to responses.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadLink",
+    "BinderlessError",
+    "BuildFailed",
+    "LaunchFailed",
+    "ProviderUnavailable",
+    "QuotaExceeded",
+    "RefNotFound",
+    "SessionNotFound",
+    "SpecNotAllowed",
+    "UnsupportedRepository",
+]
+
+
+class BinderlessError(Exception):
+    """Base of every error whose message is meant for the person launching."""
+
+    status_code = 500
+
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def user_message(self) -> str:
+        """The message and, when there is one, what to do about it."""
+        if self.hint:
+            return f"{self.message}\n{self.hint}"
+        return self.message
+
+
+class BadLink(BinderlessError):
+    """The launch link or spec cannot be parsed: unknown provider, malformed spec."""
+
+    status_code = 400
+
+
+class RefNotFound(BinderlessError):
+    """The repository or the ref does not exist, or is not public."""
+
+    status_code = 404
+
+
+class SpecNotAllowed(BinderlessError):
+    """Operator policy refuses this repository or provider."""
+
+    status_code = 403
+
+
+class ProviderUnavailable(BinderlessError):
+    """The repository host failed or rate-limited us; trying later may work."""
+
+    status_code = 503
+
+
+class UnsupportedRepository(BinderlessError):
+    """This builder cannot build the repository; another builder can."""
+
+    status_code = 422
+
+
+class BuildFailed(BinderlessError):
+    """Building the environment failed; the log says where."""
+
+    status_code = 500
+
+
+class LaunchFailed(BinderlessError):
+    """The session's server did not start or did not become ready."""
+
+    status_code = 500
+
+
+class QuotaExceeded(BinderlessError):
+    """Too many sessions are running, overall or for this repository."""
+
+    status_code = 429
+
+
+class SessionNotFound(BinderlessError):
+    """No running session has this id."""
+
+    status_code = 404

@@ -1,0 +1,48 @@
+"""Wire the local mode: SQLite state, local fetcher, uv (or Docker) builder and spawner."""
+
+from __future__ import annotations
+
+import httpx
+
+from .backends.localfetch import LocalFetcher
+from .backends.localspawn import LocalSpawner
+from .backends.protocols import Builder, Spawner
+from .backends.sqlite import Database, SqliteEventLog, SqliteRoutes, SqliteStore
+from .backends.uvbuilder import UvBuilder
+from .providers import ProviderRegistry
+from .service import LaunchService
+from .settings import Settings
+
+__all__ = ["local_service"]
+
+
+def _builder(settings: Settings) -> Builder:
+    if settings.builder == "docker":
+        from .backends.docker import DockerBuilder
+
+        return DockerBuilder(settings)
+    return UvBuilder(settings)
+
+
+def _spawner(settings: Settings) -> Spawner:
+    if settings.spawner == "docker":
+        from .backends.docker import DockerSpawner
+
+        return DockerSpawner(settings)
+    return LocalSpawner(settings)
+
+
+def local_service(settings: Settings, http_client: httpx.Client | None = None) -> LaunchService:
+    """The launch service with every local backend; creates no AWS client."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.db_path)
+    return LaunchService(
+        settings,
+        providers=ProviderRegistry(settings, http_client or httpx.Client(follow_redirects=False)),
+        store=SqliteStore(db),
+        routes=SqliteRoutes(db),
+        events=SqliteEventLog(db),
+        fetcher=LocalFetcher(settings.state_dir / "repos"),
+        builder=_builder(settings),
+        spawner=_spawner(settings),
+    )

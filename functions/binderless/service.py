@@ -1,0 +1,429 @@
+"""The launch service: one launch from link to running server, and the sessions after it.
+
+Hosts (the local server, the AWS session gateway, the CLI) call this module and
+nothing below it. Every step reports to the launch's event stream; every error
+ends the stream with one ``failed`` event and leaves no half-started session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from .backends.protocols import (
+    Builder,
+    EventLog,
+    Fetcher,
+    ImageRef,
+    Route,
+    RouteTable,
+    SessionHandle,
+    SessionSpec,
+    Spawner,
+)
+from .backends.sqlite import SessionRecord, SqliteStore
+from .envplan import EnvironmentPlan
+from .errors import BinderlessError, BuildFailed, LaunchFailed, QuotaExceeded
+from .events import Event, event_from_error
+from .phases import Phase, advance
+from .providers import ProviderRegistry, ResolvedRepo
+from .settings import Settings
+
+__all__ = ["LaunchRequest", "LaunchService"]
+
+log = logging.getLogger("binderless.service")
+
+PROBE_INTERVAL = 0.05
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    provider: str
+    spec: str
+    launch_host: str
+    client_ip: str = ""
+    build_only: bool = False
+    owner: str = ""
+
+
+@dataclass
+class _Build:
+    stream: str
+    task: asyncio.Task[ImageRef]
+
+
+class LaunchService:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        providers: ProviderRegistry,
+        store: SqliteStore,
+        routes: RouteTable,
+        events: EventLog,
+        fetcher: Fetcher,
+        builder: Builder,
+        spawner: Spawner,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.providers = providers
+        self.store = store
+        self.routes = routes
+        self.events = events
+        self.fetcher = fetcher
+        self.builder = builder
+        self.spawner = spawner
+        self.clock = clock
+        self.sessions_dir = settings.state_dir / "sessions"
+        self._phases: dict[str, Phase | None] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._builds: dict[str, _Build] = {}
+        self._activity: dict[str, float] = {}
+        self._http: aiohttp.ClientSession | None = None
+
+    # ----- lifecycle -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        await self.adopt()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for build in list(self._builds.values()):
+            build.task.cancel()
+        await asyncio.gather(*(b.task for b in self._builds.values()), return_exceptions=True)
+        if not self.settings.keep_sessions_on_exit:
+            for record in self.store.sessions("starting", "running"):
+                await self.stop_session(record.session_id, reason="server stopped")
+        if self._http is not None:
+            await self._http.close()
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            raise RuntimeError("LaunchService.open() was not awaited")
+        return self._http
+
+    # ----- launching -------------------------------------------------------------------
+
+    def start(self, request: LaunchRequest) -> str:
+        """Begin a launch in the background; returns the id of its event stream."""
+        launch_id = uuid.uuid4().hex
+        self.store.create_launch(launch_id, request.provider, request.spec, self.clock())
+        task = asyncio.create_task(self._run(launch_id, request), name=f"launch-{launch_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return launch_id
+
+    def emit(self, launch_id: str, phase: Phase | None, message: str, **fields: Any) -> None:
+        if phase is not None:
+            current = self._phases.get(launch_id)
+            new = advance(current, phase)
+            if new != current:
+                self._phases[launch_id] = new
+                done = {"finished_at": self.clock()} if new in (Phase.READY, Phase.FAILED) else {}
+                self.store.update_launch(launch_id, phase=str(new), **done)
+        self.events.append(launch_id, Event(phase, message, fields))
+
+    def _fail(self, launch_id: str, error: BaseException) -> None:
+        event = event_from_error(error)
+        if self._phases.get(launch_id) in (Phase.READY, Phase.FAILED):
+            return
+        self._phases[launch_id] = Phase.FAILED
+        self.store.update_launch(launch_id, phase="failed", finished_at=self.clock())
+        self.events.append(launch_id, event)
+
+    async def _run(self, launch_id: str, request: LaunchRequest) -> None:
+        session_id = ""
+        try:
+            session_id = await self._launch(launch_id, request)
+        except asyncio.CancelledError:
+            self._fail(launch_id, LaunchFailed(
+                "binderless stopped while this launch was in progress.",
+                hint="Launch the repository again."))
+            await self._discard_session(session_id, "launch interrupted")
+            raise
+        except BinderlessError as exc:
+            log.info("launch %s failed: %s", launch_id, exc.message)
+            self._fail(launch_id, exc)
+            await self._discard_session(session_id, "launch failed")
+        except Exception as exc:
+            log.exception("launch %s crashed", launch_id)
+            self._fail(launch_id, exc)
+            await self._discard_session(session_id, "launch failed")
+        finally:
+            self._phases.pop(launch_id, None)
+
+    async def _launch(self, launch_id: str, request: LaunchRequest) -> str:
+        started = self.clock()
+        self.emit(launch_id, Phase.WAITING, f"Resolving {request.provider}/{request.spec}...\n")
+        repo = await asyncio.to_thread(self.providers.resolve, request.provider, request.spec)
+        self.store.update_launch(launch_id, resolved_ref=repo.resolved_ref)
+        for note in repo.notes:
+            self.emit(launch_id, Phase.WAITING, note)
+        if not request.build_only:
+            self._check_quota(repo)
+
+        session_id = secrets.token_hex(8)
+        home = self.sessions_dir / session_id / "home"
+        self.emit(launch_id, Phase.FETCHING,
+                  f"Fetching {repo.repo_url} at {repo.resolved_ref[:12]}...\n")
+        await self.fetcher.fetch(repo, home, lambda line: self.emit(launch_id, Phase.FETCHING, line))
+
+        plan = await asyncio.to_thread(self.builder.plan, home)
+        self.store.update_launch(launch_id, image_key=plan.key)
+        image = await self._ensure_image(launch_id, plan, home)
+        if request.build_only:
+            self.emit(launch_id, Phase.READY, "Image is built.\n", imageName=image.name)
+            shutil.rmtree(home.parent, ignore_errors=True)
+            return ""
+
+        self.emit(launch_id, Phase.LAUNCHING, "Launching server...\n")
+        token = secrets.token_hex(32)
+        base_url = f"/user/{session_id}/"
+        now = self.clock()
+        self.store.add_session(SessionRecord(
+            session_id=session_id, launch_id=launch_id, owner=request.owner,
+            repo_url=repo.repo_url, resolved_ref=repo.resolved_ref, image_key=image.key,
+            home=str(home), target="", token=token, backend_id="", status="starting",
+            created_at=now, last_activity=now,
+        ))
+        spec = SessionSpec(
+            session_id=session_id, image=image, home=home, base_url=base_url, token=token,
+            environment=self._binder_env(request, repo),
+            start_script=plan.start,
+        )
+        handle = await self.spawner.start(spec, lambda line: self.emit(launch_id, Phase.LAUNCHING, line))
+        self.store.update_session(session_id, backend_id=handle.backend_id, target=handle.target)
+        await self._wait_ready(handle, base_url, token)
+        self.routes.add(Route(session_id=session_id, target=handle.target, token=token,
+                              owner=request.owner))
+        self._activity[session_id] = self.clock()
+        url = f"{request.launch_host}user/{session_id}/"
+        self.store.update_launch(launch_id, session_id=session_id)
+        log.info("launch %s ready in %.2fs", launch_id, self.clock() - started)
+        self.emit(
+            launch_id, Phase.READY, f"server running at {url}\n",
+            url=url, token=token, image=image.name, repo_url=repo.repo_url,
+            binder_ref_url=repo.ref_url, binder_launch_host=request.launch_host,
+            binder_request=f"v2/{request.provider}/{request.spec}",
+            binder_persistent_request=repo.persistent_request,
+            binder_client_ip=request.client_ip,
+        )
+        return session_id
+
+    def _binder_env(self, request: LaunchRequest, repo: ResolvedRepo) -> dict[str, str]:
+        return {
+            "BINDER_REPO_URL": repo.repo_url,
+            "BINDER_REF_URL": repo.ref_url,
+            "BINDER_LAUNCH_HOST": request.launch_host,
+            "BINDER_REQUEST": f"v2/{request.provider}/{request.spec}",
+            "BINDER_PERSISTENT_REQUEST": repo.persistent_request,
+            "BINDER_CLIENT_IP": request.client_ip,
+        }
+
+    def _check_quota(self, repo: ResolvedRepo) -> None:
+        total = self.store.count_active()
+        if total >= self.settings.max_sessions:
+            raise QuotaExceeded(
+                f"This server is full: {total} sessions are running, the most it allows.",
+                hint="Try again in a few minutes, when idle sessions have been stopped.",
+            )
+        mine = self.store.count_active(repo.repo_url)
+        if mine >= self.settings.max_sessions_per_repo:
+            raise QuotaExceeded(
+                f"Too many users running {repo.repo_url}! Try again soon.",
+                hint=f"At most {self.settings.max_sessions_per_repo} sessions of one repository "
+                "run at once on this server.",
+            )
+
+    # ----- builds ----------------------------------------------------------------------
+
+    async def _ensure_image(self, launch_id: str, plan: EnvironmentPlan, checkout: Path) -> ImageRef:
+        image = await self.builder.find(plan)
+        if image is not None:
+            self.emit(launch_id, Phase.BUILT, "Found built image, launching...\n",
+                      imageName=image.name)
+            return image
+        build = self._builds.get(plan.key)
+        if build is None:
+            stream = f"build-{plan.key}-{uuid.uuid4().hex[:8]}"
+            task = asyncio.create_task(self._build(plan, checkout, stream))
+            build = self._builds[plan.key] = _Build(stream, task)
+            task.add_done_callback(self._forget_build(plan.key))
+        else:
+            self.emit(launch_id, Phase.WAITING,
+                      "This environment is already being built; following that build.\n")
+        self.store.update_launch(launch_id, built=1)
+        async for item in self.events.follow(build.stream, 0, tick=1.0):
+            if item is None:
+                if build.task.done():
+                    break
+                continue
+            _seq, event = item
+            if event.is_final or event.phase is Phase.BUILT:
+                break
+            self.emit(launch_id, event.phase or Phase.BUILDING, event.message)
+        image = await asyncio.shield(build.task)
+        self.emit(launch_id, Phase.BUILT, "Built image, launching...\n", imageName=image.name)
+        return image
+
+    def _forget_build(self, key: str) -> Callable[[asyncio.Task[ImageRef]], None]:
+        def forget(_task: asyncio.Task[ImageRef]) -> None:
+            self._builds.pop(key, None)
+
+        return forget
+
+    async def _build(self, plan: EnvironmentPlan, checkout: Path, stream: str) -> ImageRef:
+        def line(text: str) -> None:
+            self.events.append(stream, Event(Phase.BUILDING, text))
+
+        try:
+            image = await self.builder.build(plan, checkout, line)
+        except BaseException as exc:
+            error = exc if isinstance(exc, BinderlessError) else BuildFailed(
+                "The build stopped unexpectedly.", hint="Launch again to retry the build.")
+            self.events.append(stream, event_from_error(error))
+            if isinstance(exc, BinderlessError) or not isinstance(exc, Exception):
+                raise
+            raise error from exc
+        self.events.append(stream, Event(Phase.BUILT, "Built image.\n", {"imageName": image.name}))
+        return image
+
+    # ----- readiness, sessions ---------------------------------------------------------
+
+    async def _wait_ready(self, handle: SessionHandle, base_url: str, token: str) -> None:
+        url = f"{handle.target}{base_url}api/status"
+        headers = {"Authorization": f"token {token}"}
+        deadline = time.monotonic() + self.settings.ready_timeout_seconds
+        while time.monotonic() < deadline:
+            try:
+                async with self.http.get(url, headers=headers,
+                                         timeout=aiohttp.ClientTimeout(total=2)) as response:
+                    if response.status == 200:
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            if not await self.spawner.alive(handle):
+                tail = await self.spawner.tail(handle)
+                raise LaunchFailed(
+                    "The Jupyter server stopped before it was ready.",
+                    hint=("Its last output was:\n" + "\n".join(tail)) if tail else
+                    "Check the repository's start script, if it has one.",
+                )
+            await asyncio.sleep(PROBE_INTERVAL)
+        raise LaunchFailed(
+            f"The Jupyter server did not answer within {self.settings.ready_timeout_seconds:.0f}"
+            " seconds.", hint="Launch again; if it keeps happening, check the start script.")
+
+    async def _discard_session(self, session_id: str, reason: str) -> None:
+        if not session_id:
+            return
+        try:
+            record = self.store.get_session(session_id)
+        except BinderlessError:
+            shutil.rmtree(self.sessions_dir / session_id, ignore_errors=True)
+            return
+        await self.stop_session(record.session_id, reason=reason)
+
+    def record_activity(self, session_id: str) -> None:
+        self._activity[session_id] = self.clock()
+
+    async def stop_session(self, session_id: str, *, reason: str) -> None:
+        """Stop a session's server and mark it stopped. Its files stay on disk."""
+        record = self.store.get_session(session_id)
+        handle = SessionHandle(record.session_id, record.target, record.backend_id)
+        if record.backend_id:
+            await self.spawner.stop(handle)
+        self.routes.remove(session_id)
+        self.store.update_session(session_id, status="stopped", stopped_at=self.clock(),
+                                  stop_reason=reason)
+        self._activity.pop(session_id, None)
+        log.info("session %s stopped: %s", session_id, reason)
+
+    async def _jupyter_activity(self, record: SessionRecord) -> float:
+        url = f"{record.target}/user/{record.session_id}/api/status"
+        try:
+            async with self.http.get(url, headers={"Authorization": f"token {record.token}"},
+                                     timeout=aiohttp.ClientTimeout(total=2)) as response:
+                data = await response.json()
+            stamp = datetime.fromisoformat(str(data["last_activity"]).replace("Z", "+00:00"))
+            return stamp.timestamp()
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
+            return 0.0
+
+    async def cull(self) -> list[str]:
+        """Stop sessions that died, sat idle too long, or reached their maximum age."""
+        now = self.clock()
+        stopped = []
+        for record in self.store.sessions("running"):
+            handle = SessionHandle(record.session_id, record.target, record.backend_id)
+            reason = ""
+            if not await self.spawner.alive(handle):
+                reason = "server process ended"
+            elif now - record.created_at > self.settings.max_age_seconds:
+                reason = "maximum age reached"
+            else:
+                last = max(self._activity.get(record.session_id, 0.0), record.last_activity,
+                           await self._jupyter_activity(record))
+                if last > record.last_activity:
+                    self.store.update_session(record.session_id, last_activity=last)
+                if now - last > self.settings.cull_idle_seconds:
+                    reason = "idle"
+            if reason:
+                await self.stop_session(record.session_id, reason=reason)
+                stopped.append(record.session_id)
+        return stopped
+
+    async def adopt(self) -> None:
+        """After a restart: keep sessions whose server still answers, close out the rest."""
+        for record in self.store.sessions("starting", "running"):
+            handle = SessionHandle(record.session_id, record.target, record.backend_id)
+            alive = record.status == "running" and await self.spawner.alive(handle)
+            if alive:
+                try:
+                    await self._wait_ready_once(handle, record)
+                    log.info("adopted running session %s", record.session_id)
+                    continue
+                except LaunchFailed:
+                    pass
+            await self.stop_session(record.session_id,
+                                    reason="found stopped after a restart" if not alive
+                                    else "not answering after a restart")
+        for launch_id in self.store.unfinished_launches():
+            self._fail(launch_id, LaunchFailed(
+                "binderless restarted while this launch was in progress.",
+                hint="Launch the repository again."))
+
+    async def _wait_ready_once(self, handle: SessionHandle, record: SessionRecord) -> None:
+        url = f"{handle.target}/user/{record.session_id}/api/status"
+        try:
+            async with self.http.get(url, headers={"Authorization": f"token {record.token}"},
+                                     timeout=aiohttp.ClientTimeout(total=3)) as response:
+                if response.status == 200:
+                    return
+        except (aiohttp.ClientError, TimeoutError):
+            pass
+        raise LaunchFailed("not answering")
+
+    async def run_culler(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.cull_interval_seconds)
+            try:
+                await self.cull()
+            except Exception:
+                log.exception("culling failed; trying again later")
