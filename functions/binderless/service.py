@@ -266,7 +266,7 @@ class LaunchService:
             build = self._builds[plan.key] = _Build(stream, task)
             task.add_done_callback(self._forget_build(plan.key))
         else:
-            self.emit(launch_id, Phase.WAITING,
+            self.emit(launch_id, Phase.BUILDING,
                       "This environment is already being built; following that build.\n")
         self.store.update_launch(launch_id, built=1)
         async for item in self.events.follow(build.stream, 0, tick=1.0):

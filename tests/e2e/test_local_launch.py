@@ -1,0 +1,262 @@
+"""The local embedded mode, driven as a BinderHub client would: real server, real Jupyter."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from tests.conftest import LiveServer, file_spec, git, start_server, stop_server
+from tests.e2e.streams import read_stream, run_code
+
+pytestmark = pytest.mark.e2e
+
+MakeRepo = Callable[[str], Path]
+
+
+def build_url(server: LiveServer, spec: str, query: str = "") -> str:
+    return server.url(f"/build/{spec}{query}")
+
+
+def test_build_stream_follows_the_binderhub_protocol(live_server: LiveServer,
+                                                     fixture_repo: MakeRepo) -> None:
+    repo = fixture_repo("python-requirements")
+    sha = git("rev-parse", "HEAD", cwd=repo)
+    spec = file_spec(repo)
+    stream = read_stream(build_url(live_server, spec))
+
+    assert stream.status == 200
+    assert stream.headers["content-type"].startswith("text/event-stream")
+    assert stream.headers["cache-control"] == "no-cache"
+    assert stream.headers["access-control-allow-origin"] == "*"
+    phases = [p for i, p in enumerate(stream.phases) if i == 0 or p != stream.phases[i - 1]]
+    assert phases == ["waiting", "fetching", "building", "built", "launching", "ready"], stream.text()
+    built = next(e for e in stream.events if e["phase"] == "built")
+    assert built["message"] == "Built image, launching...\n"
+    assert built["imageName"]
+
+    ready = stream.final
+    assert ready["url"].startswith(live_server.base + "/user/") and ready["url"].endswith("/")
+    assert len(ready["token"]) >= 32  # at least 128 bits of hex
+    assert ready["image"] == built["imageName"]
+    assert ready["repo_url"] == "file://" + str(repo)
+    assert ready["binder_launch_host"] == live_server.base + "/"
+    assert ready["binder_request"] == f"v2/{spec}"
+    assert ready["binder_persistent_request"] == (
+        f"v2/git/{quote('file://' + str(repo), safe='')}/{sha}")
+    assert ready["binder_client_ip"] == "127.0.0.1"
+    assert ready["message"] == f"server running at {ready['url']}\n"
+    # Each event has an id the client can resume from.
+    assert len(stream.ids) == len(stream.events)
+
+    # A kernel runs code over the proxied WebSocket, with the Binder variables set.
+    out = run_code(ready["url"], ready["token"],
+                   "import os, six\nprint(6 * 7, os.environ['BINDER_REQUEST'], os.getcwd())")
+    assert out.split()[0] == "42"
+    assert out.split()[1] == f"v2/{spec}"
+    # The repository is the session's home and root.
+    listing = httpx.get(ready["url"] + "api/contents",
+                        headers={"Authorization": f"token {ready['token']}"}).json()
+    assert {"README.md", "index.ipynb", "requirements.txt"} <= {c["name"] for c in listing["content"]}
+
+    # Without the token the session refuses, over HTTP and WebSocket alike.
+    assert httpx.get(ready["url"] + "api/contents").status_code == 403
+    assert httpx.get(ready["url"] + "api/contents?token=wrong").status_code == 403
+    ws_probe = httpx.get(ready["url"] + "api/kernels/x/channels",
+                         headers={"Upgrade": "websocket", "Connection": "Upgrade"})
+    assert ws_probe.status_code == 403
+    # The token in the query also works (thebe sends it that way on WebSockets).
+    assert run_code(ready["url"], ready["token"], "print('q')", use_header=False) == "q\n"
+
+
+def test_environment_is_reused_across_launches_and_notebook_commits(
+        live_server: LiveServer, fixture_repo: MakeRepo) -> None:
+    repo = fixture_repo("python-requirements")
+    first = read_stream(build_url(live_server, file_spec(repo), "?build_only=true"))
+    assert first.final["phase"] == "ready" and "imageName" in first.final
+    assert "url" not in first.final  # build_only launches nothing
+    assert "building" in first.phases
+
+    second = read_stream(build_url(live_server, file_spec(repo)))
+    assert "building" not in second.phases
+    built = next(e for e in second.events if e["phase"] == "built")
+    assert built["message"] == "Found built image, launching...\n"
+    assert second.final["phase"] == "ready"
+
+    (repo / "index.ipynb").write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4,
+                                                  "nbformat_minor": 5}))
+    git("commit", "-qam", "change only the notebook", cwd=repo)
+    third = read_stream(build_url(live_server, file_spec(repo), "?build_only=true"))
+    assert "building" not in third.phases
+    assert third.final["imageName"] == first.final["imageName"]
+
+    (repo / "requirements.txt").write_text("six\nidna\n")
+    git("commit", "-qam", "change the environment", cwd=repo)
+    fourth = read_stream(build_url(live_server, file_spec(repo), "?build_only=true"))
+    assert "building" in fourth.phases
+    assert fourth.final["imageName"] != first.final["imageName"]
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("unknown-provider", "No provider found for prefix 'nope'"),
+        ("malformed-spec", "is not a GitHub spec"),
+        ("missing-repository", "There is no directory"),
+        ("unknown-ref", "Could not resolve ref"),
+        ("bad-requirements", "failed while installing the packages"),
+        ("failing-postbuild", "postBuild failed (exit code 3)"),
+        ("r-repo", "which the local uv builder cannot build"),
+        ("runtime-missing", "Python 3.4, which is not installed"),
+        ("no-spec", "names no repository"),
+    ],
+)
+def test_broken_inputs_fail_with_one_clear_event(live_server: LiveServer, fixture_repo: MakeRepo,
+                                                 tmp_path: Path, case: str, expected: str) -> None:
+    specs = {
+        "unknown-provider": "nope/x/y",
+        "malformed-spec": "gh/justone",
+        "missing-repository": f"git/{quote('file://' + str(tmp_path / 'nothing'), safe='')}/HEAD",
+        "no-spec": "gh",
+    }
+    if case == "unknown-ref":
+        spec = file_spec(fixture_repo("python-requirements"), "no-such-branch")
+    else:
+        spec = specs.get(case) or file_spec(fixture_repo(case))
+    stream = read_stream(build_url(live_server, spec))
+    assert stream.status == 200
+    failed = [e for e in stream.events if e["phase"] == "failed"]
+    assert len(failed) == 1 and stream.final is failed[0], stream.text()
+    assert expected in failed[0]["message"], failed[0]["message"]
+    assert isinstance(failed[0]["status_code"], int)
+    assert "Traceback" not in stream.text()
+    # Nothing half-built stays behind, and the server keeps serving.
+    envs = live_server.state_dir / "envs"
+    if envs.exists():
+        for env in envs.iterdir():
+            assert (env / ".binderless-complete").exists(), f"half-built environment {env}"
+    assert httpx.get(live_server.url("/health")).json()["ok"] is True
+
+
+def test_build_failure_names_the_failing_line(live_server: LiveServer,
+                                              fixture_repo: MakeRepo) -> None:
+    stream = read_stream(build_url(live_server, file_spec(fixture_repo("failing-postbuild"))))
+    assert "this step is broken" in stream.final["message"]
+    assert "about to fail\n" in [e["message"] for e in stream.events if e["phase"] == "building"]
+
+
+def test_second_request_attaches_to_the_running_build(live_server: LiveServer,
+                                                      fixture_repo: MakeRepo) -> None:
+    url = build_url(live_server, file_spec(fixture_repo("python-requirements")), "?build_only=true")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(read_stream, url)
+        time.sleep(0.3)
+        second = pool.submit(read_stream, url)
+        streams = [first.result(), second.result()]
+    assert all(s.final["phase"] == "ready" for s in streams)
+    assert streams[0].final["imageName"] == streams[1].final["imageName"]
+    texts = [s.text() for s in streams]
+    assert sum("already being built" in t for t in texts) == 1, texts
+    # Both saw the build's output.
+    assert all(any(p == "building" for p in s.phases) for s in streams)
+
+
+def test_reconnecting_client_gets_the_events_it_missed(live_server: LiveServer,
+                                                       fixture_repo: MakeRepo) -> None:
+    url = build_url(live_server, file_spec(fixture_repo("python-requirements")), "?build_only=true")
+    start = read_stream(url, stop_after=2)
+    assert len(start.ids) == 2
+    resumed = read_stream(url, headers={"Last-Event-ID": start.ids[-1]})
+    launch = start.ids[0].split(":")[0]
+    assert all(i.split(":")[0] == launch for i in resumed.ids)
+    seqs = [int(i.split(":")[1]) for i in start.ids + resumed.ids]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert resumed.final["phase"] == "ready"
+
+
+def test_postbuild_output_and_start_script_reach_the_session(live_server: LiveServer,
+                                                             fixture_repo: MakeRepo) -> None:
+    ready = read_stream(build_url(live_server, file_spec(fixture_repo("postbuild")))).final
+    assert ready["phase"] == "ready", ready
+    assert "made by postBuild" in run_code(ready["url"], ready["token"],
+                                           "print(open('generated.txt').read())")
+    ready = read_stream(build_url(live_server, file_spec(fixture_repo("start-script")))).final
+    assert run_code(ready["url"], ready["token"],
+                    "import os; print(os.environ.get('FROM_START_SCRIPT'))") == "yes\n"
+
+
+def _pid_of(state_dir: Path, session_url: str) -> int:
+    import sqlite3
+
+    session_id = session_url.rstrip("/").rsplit("/", 1)[-1]
+    with sqlite3.connect(state_dir / "binderless.sqlite3") as db:
+        row = db.execute("SELECT backend_id FROM sessions WHERE session_id = ?",
+                         (session_id,)).fetchone()
+    return int(row[0])
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_restart_adopts_live_sessions_and_cleans_up_dead_ones(tmp_path: Path,
+                                                              fixture_repo: MakeRepo) -> None:
+    state = tmp_path / "state"
+    server = start_server(state, "--keep-sessions")
+    try:
+        spec = file_spec(fixture_repo("python-requirements"))
+        a = read_stream(build_url(server, spec)).final
+        b = read_stream(build_url(server, spec)).final
+        assert a["phase"] == b["phase"] == "ready"
+        pid_a, pid_b = _pid_of(state, a["url"]), _pid_of(state, b["url"])
+    finally:
+        stop_server(server)
+    assert _process_exists(pid_a) and _process_exists(pid_b)  # kept on exit
+    os.killpg(pid_b, signal.SIGKILL)  # one session dies while the server is down
+    time.sleep(0.5)
+
+    server = start_server(state, port=int(a["url"].split(":")[2].split("/")[0]))
+    try:
+        assert run_code(a["url"], a["token"], "print('still here')") == "still here\n"
+        gone = httpx.get(b["url"] + "api/status", headers={"Authorization": f"token {b['token']}"})
+        assert gone.status_code == 404
+        assert "Launch the repository again" in gone.json()["message"]
+    finally:
+        stop_server(server)
+    # Without --keep-sessions, stopping the server stops its sessions: no orphans.
+    deadline = time.monotonic() + 10
+    while _process_exists(pid_a) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _process_exists(pid_a)
+
+
+def test_idle_sessions_are_culled_and_their_files_kept(tmp_path: Path,
+                                                       fixture_repo: MakeRepo) -> None:
+    state = tmp_path / "state"
+    server = start_server(state, "--cull-idle", "2", env={"BINDERLESS_CULL_INTERVAL_SECONDS": "0.5"})
+    try:
+        ready = read_stream(build_url(server, file_spec(fixture_repo("python-requirements")))).final
+        pid = _pid_of(state, ready["url"])
+        deadline = time.monotonic() + 30
+        while _process_exists(pid) and time.monotonic() < deadline:
+            time.sleep(0.25)
+        assert not _process_exists(pid)
+        answer = httpx.get(ready["url"] + "api/status?token=" + ready["token"])
+        assert answer.status_code == 404
+        session_id = ready["url"].rstrip("/").rsplit("/", 1)[-1]
+        assert (state / "sessions" / session_id / "home" / "index.ipynb").exists()
+    finally:
+        stop_server(server)
