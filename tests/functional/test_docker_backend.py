@@ -60,7 +60,7 @@ def engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeEngine:
     monkeypatch.setenv("FAKE_DOCKER_IMAGES", str(fake.images))
     monkeypatch.setenv("FAKE_DOCKER_STATE", str(state))
     monkeypatch.setenv("FAKE_DOCKER_PORT", str(PORT))
-    for name in ("DOCKER_HOST", "FAKE_DOCKER_FAIL_BUILD", "FAKE_DOCKER_DOWN"):
+    for name in ("DOCKER_HOST", "FAKE_DOCKER_FAIL_BUILD", "FAKE_DOCKER_DOWN", "FAKE_DOCKER_HANG"):
         monkeypatch.delenv(name, raising=False)
     return fake
 
@@ -92,7 +92,7 @@ def test_repo2docker_builds_through_the_fake_engine(
 
     command = builder.command(plan, repo)
     assert command[1:3] == ["-m", "repo2docker"]
-    assert ["--no-run", "--json-logs"] == command[3:5]
+    assert command[3:5] == ["--no-run", "--json-logs"]
     assert "--user-id 1000 --user-name jovyan" in " ".join(command)
     assert command[-1] == str(repo)
 
@@ -301,6 +301,24 @@ def test_launch_without_a_running_engine_says_so(
         asyncio.run(spawner.stop(handle))
 
 
+def test_a_stuck_engine_times_out_and_the_container_is_removed(
+    engine: FakeEngine, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = make_spec(settings)
+    engine.add_image(spec.image.name)
+    spawner = DockerSpawner(settings, cli_timeout=0.5)
+
+    monkeypatch.setenv("FAKE_DOCKER_HANG", "port")
+    with pytest.raises(LaunchFailed) as failed:
+        asyncio.run(spawner.start(spec, lambda line: None))
+    assert failed.value.message == "`docker port` did not answer within 0.5 seconds."
+    assert len(engine.calls("run")) == 1
+    assert engine.calls("stop") and engine.containers() == {}
+
+    monkeypatch.setenv("FAKE_DOCKER_HANG", "inspect")
+    assert asyncio.run(spawner.alive(SessionHandle(spec.session_id, "", "f" * 64))) is False
+
+
 def test_launch_without_the_docker_command(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -326,10 +344,3 @@ def test_uv_environments_are_refused(engine: FakeEngine, settings: Settings) -> 
         asyncio.run(DockerSpawner(settings).start(spec, lambda line: None))
     assert engine.calls() == []
 
-
-def test_local_mode_wires_the_docker_backends(settings: Settings) -> None:
-    from binderless.local import local_service
-
-    service = local_service(settings)
-    assert isinstance(service.builder, DockerBuilder)
-    assert isinstance(service.spawner, DockerSpawner)

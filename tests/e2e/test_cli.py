@@ -1,0 +1,96 @@
+"""The command line as a person uses it: serve --demo, launch, --help."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, LiveServer, file_spec, start_server, stop_server
+
+pytestmark = pytest.mark.e2e
+
+
+def binderless(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "binderless", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_help_explains_every_command() -> None:
+    top = binderless("--help")
+    assert top.returncode == 0
+    assert "serve" in top.stdout and "launch" in top.stdout
+    serve = binderless("serve", "--help")
+    for option in ("--port", "--state-dir", "--cull-idle", "--max-age", "--builder", "--demo"):
+        assert option in serve.stdout
+    assert "BINDERLESS_" in serve.stdout
+    assert "Examples:" in binderless("launch", "--help").stdout
+    assert binderless().returncode == 2
+
+
+def test_launch_prints_the_session_url(live_server: LiveServer,
+                                       fixture_repo: Callable[[str], Path]) -> None:
+    spec = file_spec(fixture_repo("python-requirements"))
+    result = binderless("launch", f"{live_server.base}/v2/{spec}?labpath=index.ipynb")
+    assert result.returncode == 0, result.stderr
+    url = result.stdout.strip()
+    assert url.startswith(live_server.base + "/user/")
+    assert "/doc/tree/index.ipynb?token=" in url
+    assert "[Ready]" in result.stderr and "[Fetching the repository]" in result.stderr
+    assert httpx.get(url.replace("doc/tree/index.ipynb", "api/status")).status_code == 200
+
+
+def test_launch_failure_exits_non_zero_with_the_reason(live_server: LiveServer) -> None:
+    result = binderless("launch", "gh/not-a-spec", "--server", live_server.base)
+    assert result.returncode == 1
+    assert "is not a GitHub spec" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_launch_without_a_server_says_how_to_start_one() -> None:
+    result = binderless("launch", "gh/org/repo/HEAD", "--server", "http://127.0.0.1:9")
+    assert result.returncode == 1
+    assert "binderless serve" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_demo_launches_the_bundled_example(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "state", "--demo")
+    try:
+        deadline = time.monotonic() + 240
+        while "The example is running" not in server.output() and time.monotonic() < deadline:
+            assert server.proc.poll() is None, server.output()
+            time.sleep(0.25)
+        output = server.output()
+        assert "The example is running" in output, output
+        url = output.split("Open it at:\n", 1)[1].split()[0]
+        assert "/doc/tree/welcome.ipynb?token=" in url
+        page = httpx.get(url, follow_redirects=True)
+        assert page.status_code == 200
+        assert "JupyterLab" in page.text
+    finally:
+        stop_server(server)
+
+
+def test_stream_keeps_alive_and_lingers_after_the_end(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "state", env={"BINDERLESS_KEEPALIVE_SECONDS": "0.3",
+                                                   "BINDERLESS_FINAL_LINGER_SECONDS": "1.5"})
+    try:
+        started = time.monotonic()
+        # No Accept header: BinderHub would refuse; binderless is lenient.
+        with httpx.stream("GET", server.url("/build/gh/bad"), timeout=10) as response:
+            lines = list(response.iter_lines())
+        held = time.monotonic() - started
+        data = [line for line in lines if line.startswith("data:")]
+        assert '"phase":"failed"' in data[-1]
+        assert sum('"phase":"failed"' in line for line in data) == 1
+        assert sum(line == ":keepalive" for line in lines) >= 3
+        assert held >= 1.5  # the stream stayed open after the final event
+    finally:
+        stop_server(server)
