@@ -116,7 +116,7 @@ def test_repo2docker_builds_through_the_fake_engine(
     assert all(line.endswith("\n") and line.strip() for line in lines)
     assert not any(line.lstrip().startswith("{") for line in lines)
     assert "Using PythonBuildPack builder\n" in lines
-    assert f"naming to docker.io/{image_name} done" in lines[-2]
+    assert f"naming to docker.io/{image_name} done\n" in "".join(lines)
 
 
 def test_failed_build_names_the_failing_step(
@@ -254,7 +254,7 @@ def test_start_script_is_left_to_the_entrypoint(engine: FakeEngine, settings: Se
 
     [run] = engine.calls("run")
     assert run[run.index(spec.image.location) + 1] == "jupyter"
-    assert not any("start" in arg for arg in run if arg.startswith(str(spec.home / "binder")))
+    assert not any(arg.endswith("binder/start") for arg in run)
     assert script.stat().st_mode & stat.S_IXUSR  # the mounted copy must be executable
 
 

@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -70,24 +71,27 @@ def _engine_problem(output: str, instead: str) -> _EngineProblem | None:
         return _EngineProblem(
             "binderless may not use Docker: permission denied on the Docker engine's socket.",
             "Add your user to the 'docker' group (then log in again), " + instead)
+    if "no such file or directory: 'docker'" in text:  # repo2docker's words
+        return _no_docker_command(instead)
     if any(marker in text for marker in (
         "cannot connect to the docker daemon", "is the docker daemon running",
         "error during connect", "the docker commandline client must be installed",
-    )) and "no such file or directory: 'docker'" not in text:
+    )):
         return _EngineProblem(
             "Docker is not running: no Docker engine answered.",
             "Start Docker (Docker Desktop, or `sudo systemctl start docker`) and launch again, "
             + instead)
-    if "no such file or directory: 'docker'" in text:
-        return _EngineProblem(
-            "The docker command is not installed.",
-            "Install Docker (https://docs.docker.com/get-docker/), " + instead)
     if "the buildx plugin must be installed" in text:
         return _EngineProblem(
             "Docker's buildx plugin is not installed; repo2docker builds with `docker buildx`.",
             "Install the docker-buildx plugin (Docker Desktop and docker-ce include it), "
             + instead)
     return None
+
+
+def _no_docker_command(instead: str) -> _EngineProblem:
+    return _EngineProblem("The docker command is not installed.",
+                          "Install Docker (https://docs.docker.com/get-docker/), " + instead)
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,11 @@ class _Output:
 
 
 class _DockerUnavailable(Exception):
-    """The ``docker`` command could not be run, or did not answer in time."""
+    """The ``docker`` command could not be run (``missing``), or did not answer in time."""
+
+    def __init__(self, message: str, *, missing: bool = False) -> None:
+        super().__init__(message)
+        self.missing = missing
 
 
 async def _docker(args: Sequence[str], *, timeout: float = CLI_TIMEOUT,
@@ -119,19 +127,20 @@ async def _docker(args: Sequence[str], *, timeout: float = CLI_TIMEOUT,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT if merge else asyncio.subprocess.PIPE,
+            start_new_session=True,  # so a timeout also ends the CLI's plugin processes
         )
     except OSError as exc:
-        raise _DockerUnavailable(f"No such file or directory: 'docker' ({exc})") from exc
+        raise _DockerUnavailable(f"Cannot run docker: {exc}", missing=True) from exc
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout)
     except (TimeoutError, asyncio.CancelledError) as exc:
         with contextlib.suppress(ProcessLookupError):
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
         if isinstance(exc, asyncio.CancelledError):
             raise
         raise _DockerUnavailable(
-            f"`docker {args[0]}` did not answer within {timeout:.0f} seconds.") from None
+            f"`docker {args[0]}` did not answer within {timeout:g} seconds.") from None
     assert proc.returncode is not None
     return _Output(proc.returncode, out.decode(errors="replace"),
                    (err or b"").decode(errors="replace"))
@@ -274,8 +283,11 @@ def _host_port(answer: str) -> int | None:
 class DockerSpawner:
     """Runs each session in its own container of the environment's repo2docker image."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, cli_timeout: float = CLI_TIMEOUT,
+                 run_timeout: float = RUN_TIMEOUT) -> None:
         self.settings = settings
+        self.cli_timeout = cli_timeout
+        self.run_timeout = run_timeout
 
     def run_arguments(self, spec: SessionSpec) -> list[str]:
         """``docker run`` arguments; environment values come from the ``docker`` process."""
@@ -295,13 +307,14 @@ class DockerSpawner:
     def _container_env(spec: SessionSpec) -> dict[str, str]:
         return {**spec.environment, "JUPYTER_TOKEN": spec.token}
 
-    async def _docker(self, args: Sequence[str], *, timeout: float = CLI_TIMEOUT,
-                      env: Mapping[str, str] | None = None, merge: bool = False) -> _Output:
+    async def _docker(self, args: Sequence[str], *, timeout: float | None = None,
+                      env: Mapping[str, str] | None = None) -> _Output:
+        """``docker <args>``, with a missing or unresponsive Docker raised as ``LaunchFailed``."""
         try:
-            return await _docker(args, timeout=timeout, env=env, merge=merge)
+            return await _docker(args, timeout=timeout or self.cli_timeout, env=env)
         except _DockerUnavailable as exc:
-            problem = _engine_problem(str(exc), USE_LOCAL_SPAWNER)
-            if problem is not None:
+            if exc.missing:
+                problem = _no_docker_command(USE_LOCAL_SPAWNER)
                 raise LaunchFailed(problem.message, hint=problem.hint) from exc
             raise LaunchFailed(str(exc), hint="Check that Docker is running and answers "
                                               "`docker info` quickly.") from exc
@@ -319,11 +332,12 @@ class DockerSpawner:
             script = spec.home / spec.start_script
             script.chmod(script.stat().st_mode | 0o755)
         env = {**os.environ, **self._container_env(spec)}
-        started = await self._docker(self.run_arguments(spec), timeout=RUN_TIMEOUT, env=env)
-        if started.returncode != 0:
+        started = await self._docker(self.run_arguments(spec), timeout=self.run_timeout,
+                                     env=env)
+        container = started.stdout.strip().rsplit("\n", 1)[-1].strip()
+        if started.returncode != 0 or not container:
             raise _launch_failed(f"Docker could not start a container from {image}.",
                                  started.text, last=started.last_line())
-        container = started.stdout.strip().splitlines()[-1].strip()
         handle = SessionHandle(spec.session_id, "", container)
         try:
             port = await self._port(container)
@@ -346,11 +360,13 @@ class DockerSpawner:
         return port
 
     async def alive(self, handle: SessionHandle) -> bool:
-        """Whether the container runs; one Docker cannot show (or at all) counts as stopped."""
+        """Whether the container is running; one Docker does not know, or a Docker that
+        does not answer, counts as stopped."""
         if not handle.backend_id:
             return False
         try:
-            answer = await _docker(["inspect", "-f", "{{.State.Running}}", handle.backend_id])
+            answer = await _docker(["inspect", "-f", "{{.State.Running}}", handle.backend_id],
+                                   timeout=self.cli_timeout)
         except _DockerUnavailable:
             return False
         return answer.returncode == 0 and answer.stdout.strip() == "true"
@@ -359,7 +375,7 @@ class DockerSpawner:
         if not handle.backend_id:
             return
         answer = await self._docker(["stop", "-t", str(STOP_GRACE), handle.backend_id],
-                                    timeout=STOP_GRACE + CLI_TIMEOUT)
+                                    timeout=STOP_GRACE + self.cli_timeout)
         if answer.returncode != 0 and not any(g in answer.text.lower() for g in _GONE):
             raise _launch_failed(
                 f"Docker could not stop the container of session {handle.session_id}.",
@@ -370,7 +386,7 @@ class DockerSpawner:
         if handle.backend_id:
             with contextlib.suppress(_DockerUnavailable):
                 answer = await _docker(["logs", "--tail", str(lines), handle.backend_id],
-                                       merge=True)
+                                       timeout=self.cli_timeout, merge=True)
                 text = answer.stdout if answer.returncode == 0 else ""
         if not text.strip():
             # ``--rm`` removes a stopped container with its logs; repo2docker's entrypoint
