@@ -29,7 +29,8 @@ def _serve_parser(sub: Any) -> None:
         help="run a Binder on this machine (launch pages, /build stream, session proxy)",
         description="Serve the launch pages, the BinderHub /build event stream and the session "
         "proxy on one port. Sessions are local Jupyter servers in uv-built environments. "
-        "Every option can also be set as BINDERLESS_<OPTION> in the environment.",
+        "Settings can also come from BINDERLESS_* environment variables (for example "
+        "BINDERLESS_PORT, BINDERLESS_CULL_IDLE_SECONDS); an option given here wins.",
         epilog="Example: binderless serve --port 8585, then open "
         "http://127.0.0.1:8585/v2/gh/binder-examples/requirements/HEAD",
     )
@@ -40,9 +41,14 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--public-url", help="the URL people reach this server at, when it is "
                    "behind a proxy (default: taken from each request)")
     p.add_argument("--builder", choices=["uv", "docker"],
-                   help="uv (default, no Docker needed) or docker (runs repo2docker)")
+                   help="uv (default, no Docker needed) or docker (runs repo2docker; "
+                   "needs --spawner docker)")
     p.add_argument("--spawner", choices=["local", "docker"],
                    help="local (default: Jupyter processes) or docker (containers)")
+    p.add_argument("--allow-local-paths", choices=["yes", "no"],
+                   help="launch local folders and file:// URLs (default: yes when listening "
+                   "on 127.0.0.1, no otherwise, since anyone reaching the port could read "
+                   "your files)")
     p.add_argument("--cull-idle", type=float, dest="cull_idle_seconds", metavar="SECONDS",
                    help="stop sessions idle this long (default 600)")
     p.add_argument("--max-age", type=float, dest="max_age_seconds", metavar="SECONDS",
@@ -103,7 +109,16 @@ async def _serve(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k, None) for k in (
         "host", "port", "state_dir", "public_url", "builder", "spawner", "cull_idle_seconds",
         "max_age_seconds", "max_sessions", "keep_sessions_on_exit")}
-    settings = load_settings(os.environ, **overrides)
+    if args.allow_local_paths is not None:
+        overrides["allow_local_paths"] = args.allow_local_paths == "yes"
+    elif "BINDERLESS_ALLOW_LOCAL_PATHS" not in os.environ:
+        host = args.host or os.environ.get("BINDERLESS_HOST", "127.0.0.1")
+        overrides["allow_local_paths"] = host in ("127.0.0.1", "localhost", "::1")
+    try:
+        settings = load_settings(os.environ, **overrides)
+    except ValueError as exc:
+        print(f"binderless serve: {exc}", file=sys.stderr)
+        return 2
     service = local_service(settings)
     runner = web.AppRunner(create_app(service), access_log=None, handle_signals=False)
     await runner.setup()

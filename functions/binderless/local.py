@@ -12,6 +12,7 @@ from .backends.uvbuilder import UvBuilder
 from .providers import ProviderRegistry
 from .service import LaunchService
 from .settings import Settings
+from .urlguard import UrlGuard, guarded_client
 
 __all__ = ["local_service"]
 
@@ -38,7 +39,8 @@ def local_service(settings: Settings, http_client: httpx.Client | None = None) -
     db = Database(settings.db_path)
     return LaunchService(
         settings,
-        providers=ProviderRegistry(settings, http_client or httpx.Client(follow_redirects=False)),
+        providers=ProviderRegistry(
+            settings, http_client or guarded_client(UrlGuard(enforce=settings.mode == "aws"))),
         store=SqliteStore(db),
         routes=SqliteRoutes(db),
         events=SqliteEventLog(db),

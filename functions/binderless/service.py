@@ -8,6 +8,7 @@ ends the stream with one ``failed`` event and leaves no half-started session.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import shutil
@@ -37,6 +38,7 @@ from .envplan import EnvironmentPlan
 from .errors import BinderlessError, BuildFailed, LaunchFailed, QuotaExceeded
 from .events import Event, event_from_error
 from .phases import Phase, advance
+from .policy import quota_for
 from .providers import ProviderRegistry, ResolvedRepo
 from .settings import Settings
 
@@ -91,6 +93,7 @@ class LaunchService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._builds: dict[str, _Build] = {}
         self._activity: dict[str, float] = {}
+        self._launch_sessions: dict[str, str] = {}
         self._http: aiohttp.ClientSession | None = None
 
     # ----- lifecycle -------------------------------------------------------------------
@@ -148,27 +151,27 @@ class LaunchService:
         self.events.append(launch_id, event)
 
     async def _run(self, launch_id: str, request: LaunchRequest) -> None:
-        session_id = ""
         try:
-            session_id = await self._launch(launch_id, request)
+            await self._launch(launch_id, request)
         except asyncio.CancelledError:
             self._fail(launch_id, LaunchFailed(
                 "binderless stopped while this launch was in progress.",
                 hint="Launch the repository again."))
-            await self._discard_session(session_id, "launch interrupted")
+            await self._discard_session(launch_id, "launch interrupted")
             raise
         except BinderlessError as exc:
             log.info("launch %s failed: %s", launch_id, exc.message)
             self._fail(launch_id, exc)
-            await self._discard_session(session_id, "launch failed")
+            await self._discard_session(launch_id, "launch failed")
         except Exception as exc:
             log.exception("launch %s crashed", launch_id)
             self._fail(launch_id, exc)
-            await self._discard_session(session_id, "launch failed")
+            await self._discard_session(launch_id, "launch failed")
         finally:
             self._phases.pop(launch_id, None)
+            self._launch_sessions.pop(launch_id, None)
 
-    async def _launch(self, launch_id: str, request: LaunchRequest) -> str:
+    async def _launch(self, launch_id: str, request: LaunchRequest) -> None:
         started = self.clock()
         self.emit(launch_id, Phase.WAITING, f"Resolving {request.provider}/{request.spec}...\n")
         repo = await asyncio.to_thread(self.providers.resolve, request.provider, request.spec)
@@ -176,9 +179,10 @@ class LaunchService:
         for note in repo.notes:
             self.emit(launch_id, Phase.WAITING, note)
         if not request.build_only:
-            self._check_quota(repo)
+            self._check_quota(repo, quota_for(self.settings, request.provider, request.spec))
 
         session_id = secrets.token_hex(8)
+        self._launch_sessions[launch_id] = session_id
         home = self.sessions_dir / session_id / "home"
         self.emit(launch_id, Phase.FETCHING,
                   f"Fetching {repo.repo_url} at {repo.resolved_ref[:12]}...\n")
@@ -190,7 +194,7 @@ class LaunchService:
         if request.build_only:
             self.emit(launch_id, Phase.READY, "Image is built.\n", imageName=image.name)
             shutil.rmtree(home.parent, ignore_errors=True)
-            return ""
+            return
 
         self.emit(launch_id, Phase.LAUNCHING, "Launching server...\n")
         token = secrets.token_hex(32)
@@ -224,7 +228,6 @@ class LaunchService:
             binder_persistent_request=repo.persistent_request,
             binder_client_ip=request.client_ip,
         )
-        return session_id
 
     def _binder_env(self, request: LaunchRequest, repo: ResolvedRepo) -> dict[str, str]:
         return {
@@ -236,7 +239,7 @@ class LaunchService:
             "BINDER_CLIENT_IP": request.client_ip,
         }
 
-    def _check_quota(self, repo: ResolvedRepo) -> None:
+    def _check_quota(self, repo: ResolvedRepo, per_repo: int) -> None:
         total = self.store.count_active()
         if total >= self.settings.max_sessions:
             raise QuotaExceeded(
@@ -244,11 +247,10 @@ class LaunchService:
                 hint="Try again in a few minutes, when idle sessions have been stopped.",
             )
         mine = self.store.count_active(repo.repo_url)
-        if mine >= self.settings.max_sessions_per_repo:
+        if mine >= per_repo:
             raise QuotaExceeded(
                 f"Too many users running {repo.repo_url}! Try again soon.",
-                hint=f"At most {self.settings.max_sessions_per_repo} sessions of one repository "
-                "run at once on this server.",
+                hint=f"At most {per_repo} sessions of this repository run at once on this server.",
             )
 
     # ----- builds ----------------------------------------------------------------------
@@ -330,15 +332,16 @@ class LaunchService:
             f"The Jupyter server did not answer within {self.settings.ready_timeout_seconds:.0f}"
             " seconds.", hint="Launch again; if it keeps happening, check the start script.")
 
-    async def _discard_session(self, session_id: str, reason: str) -> None:
+    async def _discard_session(self, launch_id: str, reason: str) -> None:
+        """Undo a launch that did not reach ``ready``: stop its server, remove its files
+        (nobody was ever given access to them)."""
+        session_id = self._launch_sessions.get(launch_id)
         if not session_id:
             return
-        try:
-            record = self.store.get_session(session_id)
-        except BinderlessError:
-            shutil.rmtree(self.sessions_dir / session_id, ignore_errors=True)
-            return
-        await self.stop_session(record.session_id, reason=reason)
+        # With no record yet, it failed before the server was started.
+        with contextlib.suppress(BinderlessError):
+            await self.stop_session(session_id, reason=reason)
+        shutil.rmtree(self.sessions_dir / session_id, ignore_errors=True)
 
     def record_activity(self, session_id: str) -> None:
         self._activity[session_id] = self.clock()

@@ -1,7 +1,8 @@
 """One settings object, one factory: explicit argument > environment variable > default.
 
 Every environment variable binderless reads is named here, as ``BINDERLESS_<FIELD>``
-(upper case), plus ``GITHUB_TOKEN`` for the GitHub provider.
+(upper case), plus ``GITHUB_TOKEN`` and ``GITLAB_TOKEN`` for those providers. Lists
+(``tuple`` fields) are comma-separated.
 """
 
 from __future__ import annotations
@@ -44,15 +45,42 @@ class Settings:
     build_timeout_seconds: float = 1800.0
     uv_cache_dir: str = ""
     docker_image_prefix: str = "binderless/"
-    # Providers
+    # Providers and what operators allow
     github_api_url: str = "https://api.github.com"
     github_token: str = field(default="", repr=False)
+    gitlab_host: str = "gitlab.com"
+    gitlab_token: str = field(default="", repr=False)
+    allowed_providers: tuple[str, ...] = ()
     banned_specs: tuple[str, ...] = ()
+    allowed_specs: tuple[str, ...] = ()
+    high_quota_specs: tuple[str, ...] = ()
+    high_quota: int = 40
+    spec_quotas: tuple[str, ...] = ()
+    allowed_git_hosts: tuple[str, ...] = ()
+    allow_git_protocol: bool = False
+    allow_secret_gists: bool = False
+
+    allow_local_paths: bool = True
 
     @property
     def allow_local_repos(self) -> bool:
-        """``file://`` URLs and local directories are for the local mode only."""
-        return self.mode == "local"
+        """``file://`` URLs and local directories: local mode only, and only when allowed."""
+        return self.mode == "local" and self.allow_local_paths
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` with a readable message for a contradictory setting."""
+        choices = {"mode": ("local", "aws"), "builder": ("uv", "docker"),
+                   "spawner": ("local", "docker")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, "
+                                 f"not {getattr(self, name)!r}")
+        if (self.builder == "docker") != (self.spawner == "docker"):
+            raise ValueError("--builder docker and --spawner docker go together: docker images "
+                             "run in containers, uv environments run as local processes")
+        for name in ("port", "max_sessions", "max_sessions_per_repo"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive number")
 
     @property
     def db_path(self) -> Path:
@@ -87,8 +115,11 @@ def load_settings(environ: Mapping[str, str], **overrides: Any) -> Settings:
                 values[f.name] = _coerce(f.name, environ[env_name], getattr(defaults, f.name))
             except ValueError as exc:
                 raise ValueError(f"{env_name}={environ[env_name]!r} is not valid: {exc}") from exc
-    if "github_token" not in values and environ.get("GITHUB_TOKEN"):
-        values["github_token"] = environ["GITHUB_TOKEN"]
+    for name, variable in (("github_token", "GITHUB_TOKEN"), ("gitlab_token", "GITLAB_TOKEN")):
+        if name not in values and environ.get(variable):
+            values[name] = environ[variable]
     values.update({k: v for k, v in overrides.items() if v is not None})
     settings = Settings(**values)
-    return dataclasses.replace(settings, state_dir=settings.state_dir.expanduser().absolute())
+    settings = dataclasses.replace(settings, state_dir=settings.state_dir.expanduser().absolute())
+    settings.validate()
+    return settings

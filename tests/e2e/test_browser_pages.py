@@ -19,7 +19,7 @@ from . import browser as chromium
 from .browser import PHONE, screenshot
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Browser, Page, Route
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -108,11 +108,19 @@ def test_bundled_example_launches_into_jupyterlab(
     assert "Fetching the repository…" in texts and "Starting JupyterLab…" in texts, statuses
     assert not errors, errors
 
-    # JupyterLab renders the notebook from the repository, with its code.
+    # JupyterLab opens the repository's notebook (its tab is hidden in single-document
+    # mode, but present) and renders its code.
     page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=LAB_TIMEOUT_MS)
     page.get_by_text("print(six.__name__)").first.wait_for(timeout=LAB_TIMEOUT_MS)
-    tab = page.locator(".lm-TabBar-tab", has_text="index.ipynb").first
-    tab.wait_for(timeout=LAB_TIMEOUT_MS)
+    tab = page.locator(".lm-TabBar-tab[data-type='document-title']", has_text="index.ipynb")
+    tab.first.wait_for(state="attached", timeout=LAB_TIMEOUT_MS)
+
+    # The kernel runs in the repository's environment (six comes from requirements.txt),
+    # over the session proxy's WebSocket.
+    page.locator(".jp-Notebook .jp-Cell .jp-InputArea-editor").first.click()
+    page.keyboard.press("Shift+Enter")
+    output = page.locator(".jp-OutputArea-output", has_text="six")
+    output.first.wait_for(timeout=LAB_TIMEOUT_MS)
     screenshot(page, "launch-jupyterlab")
 
 
@@ -139,6 +147,33 @@ def test_failed_launch_on_a_phone(browser: Browser, live_server: LiveServer) -> 
         assert not errors, errors
     finally:
         context.close()
+
+
+def test_lost_connection_offers_a_retry_and_does_not_loop(
+    page: Page, live_server: LiveServer
+) -> None:
+    errors = collect_page_errors(page)
+    builds: list[str] = []
+
+    def drop(route: Route) -> None:
+        builds.append(route.request.url)
+        route.abort("connectionreset")
+
+    page.route("**/build/**", drop)
+    page.goto(live_server.url("/v2/gh/binder-examples/requirements/main"))
+    lost = page.locator("#lost")
+    lost.wait_for(state="visible")
+    assert "Lost connection to the server" in lost.inner_text()
+    assert page.title().startswith("Disconnected: binder-examples/requirements")
+    page.wait_for_timeout(1500)  # EventSource would have reconnected by itself by now
+    assert len(builds) == 1, builds
+    screenshot(page, "lost-connection")
+
+    page.get_by_role("button", name="Retry").click()
+    page.wait_for_function("document.getElementById('launch').dataset.state === 'lost'")
+    assert len(builds) == 2, builds
+    assert builds[0].endswith("/build/gh/binder-examples/requirements/main")
+    assert not errors, errors
 
 
 def test_home_page_builds_link_and_badge_from_a_pasted_github_url(
@@ -174,4 +209,11 @@ def test_home_page_builds_link_and_badge_from_a_pasted_github_url(
     page.locator("#path").fill("lab")
     assert page.locator("#link").inner_text() == link + "?urlpath=lab"
     screenshot(page, "home")
+
+    # The copy button puts the link on the clipboard.
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=origin)
+    page.locator("#copy-link").click()
+    expect_text = link + "?urlpath=lab"
+    page.wait_for_function("document.getElementById('copy-link').textContent === 'Copied'")
+    assert page.evaluate("navigator.clipboard.readText()") == expect_text
     assert not errors, errors

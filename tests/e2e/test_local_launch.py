@@ -260,3 +260,33 @@ def test_idle_sessions_are_culled_and_their_files_kept(tmp_path: Path,
         assert (state / "sessions" / session_id / "home" / "index.ipynb").exists()
     finally:
         stop_server(server)
+
+
+def test_token_link_sets_a_session_cookie_for_the_browser(live_server: LiveServer,
+                                                          fixture_repo: MakeRepo) -> None:
+    ready = read_stream(build_url(live_server, file_spec(fixture_repo("python-requirements")))).final
+    session_id = ready["url"].rstrip("/").rsplit("/", 1)[-1]
+    with httpx.Client(follow_redirects=True) as browser:
+        page = browser.get(ready["url"] + "lab?token=" + ready["token"])
+        assert page.status_code == 200
+        assert browser.cookies.get(f"binderless-session-{session_id}") == ready["token"]
+        # JupyterLab's later requests carry cookies only, like a browser's.
+        assert browser.get(ready["url"] + "api/status").status_code == 200
+        jupyter_only = {k: v for k, v in browser.cookies.items() if "binderless" not in k}
+    # Jupyter's own login cookie is not enough: the proxy wants its token or cookie.
+    assert httpx.get(ready["url"] + "api/status", cookies=jupyter_only).status_code == 403
+
+
+def test_server_that_dies_during_launch_leaves_nothing_behind(live_server: LiveServer,
+                                                              fixture_repo: MakeRepo) -> None:
+    stream = read_stream(build_url(live_server, file_spec(fixture_repo("start-crash"))))
+    assert stream.final["phase"] == "failed"
+    assert "stopped before it was ready" in stream.final["message"]
+    assert "cannot find the data folder" in stream.final["message"]
+    sessions = live_server.state_dir / "sessions"
+    assert not sessions.exists() or not any(sessions.iterdir())
+    import sqlite3
+
+    with sqlite3.connect(live_server.state_dir / "binderless.sqlite3") as db:
+        rows = db.execute("SELECT status FROM sessions").fetchall()
+    assert all(status == "stopped" for (status,) in rows)

@@ -22,6 +22,10 @@ from .protocols import LogSink, SessionHandle, SessionSpec
 
 __all__ = ["LocalSpawner", "jupyter_command"]
 
+PASSED_ENV = {"PATH", "LANG", "LANGUAGE", "TERM", "TZ", "USER", "LOGNAME", "SHELL", "TMPDIR",
+              "PYENV_ROOT", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
+              "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_CERT", "PIP_FIND_LINKS"}
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -67,10 +71,9 @@ class LocalSpawner:
             script = spec.home / spec.start_script
             script.chmod(script.stat().st_mode | 0o755)
         port = _free_port()
-        env = dict(os.environ)
-        for name in list(env):
-            if name.startswith(("BINDERLESS_", "AWS_", "JUPYTER_", "VIRTUAL_ENV")):
-                del env[name]
+        # Only what a session needs: no server secrets (tokens, credentials) leak into it.
+        env = {k: v for k, v in os.environ.items()
+               if k in PASSED_ENV or k.startswith(("LC_", "UV_"))}
         env.update(spec.environment)
         env.update({
             "HOME": str(spec.home),

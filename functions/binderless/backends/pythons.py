@@ -35,7 +35,7 @@ def default_python() -> str:
 
 
 def find_python(version: str) -> str:
-    """Path of a ``python<version>`` (``"3.10"``) found on PATH, under pyenv, or by uv.
+    """Path of a ``python<version>`` (``"3.10"``) found on PATH, under pyenv or in /usr.
 
     Raises ``UnsupportedRepository`` naming the versions that are available.
     """
@@ -52,11 +52,12 @@ def find_python(version: str) -> str:
     for path in candidates:
         if Path(path).exists() and _version_of(path) == version:
             return path
-    available = sorted({
+    versions = {
         v for p in glob.glob(f"{pyenv_root}/versions/3.*/bin/python3")
-        + glob.glob("/usr/bin/python3.*") + glob.glob("/usr/local/bin/python3.*")
+        + glob.glob("/usr/bin/python3.*[0-9]") + glob.glob("/usr/local/bin/python3.*[0-9]")
         if (v := _version_of(p))
-    } | {f"{sys.version_info[0]}.{sys.version_info[1]}"})
+    } | {f"{sys.version_info[0]}.{sys.version_info[1]}"}
+    available = sorted(versions, key=lambda v: tuple(int(x) for x in v.split(".")))
     raise UnsupportedRepository(
         f"runtime.txt asks for Python {version}, which is not installed on this machine.",
         hint=f"Python versions found here: {', '.join(available)}. Change runtime.txt "

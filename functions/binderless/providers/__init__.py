@@ -2,32 +2,52 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 
 import httpx
 
-from ..errors import BadLink, SpecNotAllowed
+from ..errors import BadLink
+from ..policy import SpecPolicy
 from ..settings import Settings
+from ..urlguard import UrlGuard
 from .base import RepoProvider, ResolvedRepo
+from .gist import GistProvider
 from .git import GitProvider
-from .github import GitHubProvider
+from .github import GitHubApi, GitHubProvider
+from .gitlab import GitLabProvider
 
 __all__ = ["PROVIDERS", "ProviderRegistry", "RepoProvider", "ResolvedRepo"]
 
 ProviderFactory = Callable[[Settings, httpx.Client], RepoProvider]
 
+
+
+def _git_guard(settings: Settings) -> UrlGuard:
+    schemes = ("https", "git") if settings.allow_git_protocol else ("https",)
+    return UrlGuard(enforce=settings.mode == "aws", schemes=schemes,
+                    allowed_hosts=settings.allowed_git_hosts)
+
+
 PROVIDERS: dict[str, ProviderFactory] = {
     "gh": lambda s, c: GitHubProvider(c, api_url=s.github_api_url, token=s.github_token),
-    "git": lambda s, c: GitProvider(allow_local=s.allow_local_repos),
+    "gist": lambda s, c: GistProvider(
+        GitHubApi(c, api_url=s.github_api_url, token=s.github_token, clock=time.time),
+        allow_secret=s.allow_secret_gists),
+    "gl": lambda s, c: GitLabProvider(c, host=s.gitlab_host, token=s.gitlab_token),
+    "git": lambda s, c: GitProvider(allow_local=s.allow_local_repos, guard=_git_guard(s)),
 }
 
 
 class ProviderRegistry:
     """The providers this server offers, built once from settings and one HTTP client."""
 
-    def __init__(self, settings: Settings, client: httpx.Client) -> None:
+    def __init__(self, settings: Settings, client: httpx.Client,
+                 overrides: Mapping[str, RepoProvider] | None = None) -> None:
         self.settings = settings
+        self.policy = SpecPolicy(settings)
         self._providers = {prefix: make(settings, client) for prefix, make in PROVIDERS.items()}
+        self._providers.update(overrides or {})
 
     def get(self, prefix: str) -> RepoProvider:
         try:
@@ -41,11 +61,7 @@ class ProviderRegistry:
 
     def resolve(self, prefix: str, spec: str) -> ResolvedRepo:
         provider = self.get(prefix)
-        for banned in self.settings.banned_specs:
-            if banned and banned in f"{prefix}/{spec}":
-                raise SpecNotAllowed(
-                    f"Sorry, {spec} is not allowed to launch. Please contact admins for more info!"
-                )
+        self.policy.check(prefix, spec)
         return provider.resolve(spec)
 
     def display_configs(self) -> list[dict[str, object]]:

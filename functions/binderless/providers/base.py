@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
-__all__ = ["RepoProvider", "ResolvedRepo", "not_found", "slugify"]
+__all__ = ["ArchiveProvider", "RepoProvider", "ResolvedRepo", "not_found", "slugify"]
 
 
 @dataclass(frozen=True)
 class ResolvedRepo:
     """A spec resolved to one immutable revision.
 
-    ``clone_url`` is what the fetcher reads (a git URL, or a local directory when
-    ``kind`` is ``"dir"``); ``repo_url`` and ``ref_url`` are for people.
+    ``clone_url`` is what the fetcher reads: a git URL, a local directory when
+    ``kind`` is ``"dir"``, or (``"archive"``) whatever the provider's own ``fetch``
+    needs, such as a record's API URL. ``repo_url`` and ``ref_url`` are for people.
     ``notes`` are things the user should be told (shown as ``waiting`` events).
     """
 
@@ -27,7 +30,7 @@ class ResolvedRepo:
     persistent_spec: str
     ref_url: str
     slug: str
-    kind: Literal["git", "dir"] = "git"
+    kind: Literal["git", "dir", "archive"] = "git"
     notes: tuple[str, ...] = ()
 
     @property
@@ -66,3 +69,13 @@ def not_found(prefix: str, spec: str) -> str:
         f"Could not resolve ref for {prefix}:{spec}. "
         "Double check your URL and that your repo is public."
     )
+
+
+class ArchiveProvider(RepoProvider, Protocol):
+    """A provider of data archives (Zenodo, Figshare, ...): it downloads its own content."""
+
+    def fetch(self, repo: ResolvedRepo, dest: Path, log: Callable[[str], None]) -> None:
+        """Download the record's files into the empty directory ``dest``; unpack a lone
+        zip archive the way repo2docker does. Raises ``RefNotFound`` or
+        ``ProviderUnavailable``; leaves ``dest`` empty on failure."""
+        ...

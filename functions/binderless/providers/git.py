@@ -11,11 +11,13 @@ import hashlib
 import os
 import re
 import subprocess
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from ..errors import BadLink, ProviderUnavailable, RefNotFound, SpecNotAllowed
+from ..urlguard import UrlGuard
 from .base import ResolvedRepo, not_found, slugify
 
 __all__ = ["GitProvider", "content_hash", "split_git_spec"]
@@ -66,8 +68,11 @@ class GitProvider:
     prefix = "git"
     display_name = "Git repository"
 
-    def __init__(self, *, allow_local: bool) -> None:
+    def __init__(self, *, allow_local: bool, guard: UrlGuard | None = None,
+                 run_git: Callable[[Sequence[str]], str] | None = None) -> None:
         self.allow_local = allow_local
+        self.guard = guard or UrlGuard(enforce=not allow_local)
+        self._run_git = run_git or _git
 
     def display_config(self) -> dict[str, Any]:
         return {
@@ -103,6 +108,7 @@ class GitProvider:
         scheme = urlsplit(url).scheme
         if scheme not in ("https", "http", "git", "ssh") and not re.match(r"^[\w.-]+@[\w.-]+:", url):
             raise BadLink(f"{url!r} is not a git URL. Use an https:// clone URL.")
+        self.guard.check(url)
         resolved = ref if SHA_RE.match(ref) else self._ls_remote(spec, url, ref)
         return self._result(spec, url, ref, resolved)
 
@@ -127,7 +133,7 @@ class GitProvider:
             raise RefNotFound(f"There is no directory at {path}.", hint="Check the path in the link.")
         if (path / ".git").exists():
             try:
-                out = _git(["git", "-C", str(path), "rev-parse", "--verify", "--quiet",
+                out = self._run_git(["git", "-C", str(path), "rev-parse", "--verify", "--quiet",
                             f"{ref}^{{commit}}"])
             except subprocess.CalledProcessError as exc:
                 raise RefNotFound(not_found(self.prefix, spec)) from exc
@@ -142,7 +148,9 @@ class GitProvider:
 
     def _ls_remote(self, spec: str, url: str, ref: str) -> str:
         try:
-            out = _git(["git", "ls-remote", "--", url, ref])
+            # Redirects are not followed: a redirect could lead past the URL guard.
+            out = self._run_git(["git", "-c", "http.followRedirects=false", "ls-remote", "--",
+                                 url, ref])
         except subprocess.CalledProcessError as exc:
             raise RefNotFound(not_found(self.prefix, spec)) from exc
         except subprocess.TimeoutExpired as exc:
@@ -159,7 +167,7 @@ class GitProvider:
         raise RefNotFound(not_found(self.prefix, spec))
 
 
-def _git(cmd: list[str]) -> str:
+def _git(cmd: Sequence[str]) -> str:
     env = {**os.environ, **GIT_ENV}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=GIT_TIMEOUT,
                             check=True)

@@ -18,7 +18,7 @@ import httpx
 from ..errors import BadLink, ProviderUnavailable, RefNotFound
 from .base import ResolvedRepo, not_found, slugify
 
-__all__ = ["GitHubProvider"]
+__all__ = ["GitHubApi", "GitHubProvider"]
 
 NOT_FOUND_TTL = 300.0
 FALLBACK_REFS = ("master", "main")
@@ -36,12 +36,7 @@ class GitHubProvider:
         token: str = "",
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.client = client
-        self.api_url = api_url.rstrip("/")
-        self._token = token
-        self._clock = clock
-        self._etags: dict[str, tuple[str, str]] = {}
-        self._missing: dict[str, float] = {}
+        self.api = GitHubApi(client, api_url=api_url, token=token, clock=clock)
 
     def display_config(self) -> dict[str, Any]:
         return {
@@ -95,10 +90,32 @@ class GitHubProvider:
         )
 
     def _commit(self, user: str, repo: str, ref: str) -> str:
-        url = f"{self.api_url}/repos/{quote(user)}/{quote(repo)}/commits/{quote(ref, safe='')}"
+        url = f"{self.api.api_url}/repos/{quote(user)}/{quote(repo)}/commits/{quote(ref, safe='')}"
+        try:
+            return str(self.api.get_json(url)["sha"])
+        except (KeyError, TypeError) as exc:
+            raise ProviderUnavailable("GitHub sent an answer binderless could not read.") from exc
+        except RefNotFound:
+            raise RefNotFound(f"{user}/{repo} has no ref {ref!r}.") from None
+
+
+class GitHubApi:
+    """GitHub's REST API with an ETag cache, a not-found cache and readable errors."""
+
+    def __init__(self, client: httpx.Client, *, api_url: str, token: str,
+                 clock: Callable[[], float]) -> None:
+        self.client = client
+        self.api_url = api_url.rstrip("/")
+        self._token = token
+        self._clock = clock
+        self._etags: dict[str, tuple[str, Any]] = {}
+        self._missing: dict[str, float] = {}
+
+    def get_json(self, url: str) -> Any:
+        """GET ``url``; raises ``RefNotFound`` on 404/422 and ``ProviderUnavailable`` otherwise."""
         now = self._clock()
         if self._missing.get(url, 0.0) > now:
-            raise RefNotFound(f"{user}/{repo} has no ref {ref!r}.")
+            raise RefNotFound("not found (cached)")
         headers = {"Accept": "application/vnd.github+json", "User-Agent": "binderless"}
         if self._token:
             headers["Authorization"] = f"token {self._token}"
@@ -119,17 +136,17 @@ class GitHubProvider:
             raise ProviderUnavailable(f"GitHub rate limit exceeded. Try again in {minutes} minutes.")
         if response.status_code in (404, 422):
             self._missing[url] = now + NOT_FOUND_TTL
-            raise RefNotFound(f"{user}/{repo} has no ref {ref!r}.")
+            raise RefNotFound("not found")
         if response.status_code != 200:
             raise ProviderUnavailable(
-                f"GitHub answered {response.status_code} when asked for {user}/{repo}.",
+                f"GitHub answered {response.status_code} for {url.removeprefix(self.api_url)}.",
                 hint="Try again in a few minutes.",
             )
         try:
-            sha = str(response.json()["sha"])
-        except (ValueError, KeyError, TypeError) as exc:
+            data = response.json()
+        except ValueError as exc:
             raise ProviderUnavailable("GitHub sent an answer binderless could not read.") from exc
         etag = response.headers.get("etag")
         if etag:
-            self._etags[url] = (etag, sha)
-        return sha
+            self._etags[url] = (etag, data)
+        return data

@@ -65,6 +65,8 @@ class BinderlessServer:
             if request.method not in ("GET", "HEAD"):
                 return web.json_response({"message": "Method not allowed."}, status=405)
             if path.startswith("/build/"):
+                if request.method != "GET":
+                    return web.Response(status=405, headers={**CORS, "Allow": "GET"})
                 return await self.build_stream(request, path)
             if path.startswith("/v2/"):
                 return self.loading_page(path)

@@ -75,14 +75,12 @@ class SessionProxy:
             )
         self.on_activity(session_id)
         upstream = URL(route.target + request.raw_path, encoded=True)
-        if request.headers.get("Upgrade", "").lower() == "websocket":
-            response = await self._websocket(request, upstream, session_id)
-        else:
-            response = await self._http(request, upstream)
+        cookie = ""
         if authorised and request.cookies.get(cookie_name(session_id)) != route.token:
-            response.set_cookie(cookie_name(session_id), route.token, path=f"/user/{session_id}/",
-                                httponly=True, samesite="Lax")
-        return response
+            cookie = route.token
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await self._websocket(request, upstream, session_id)
+        return await self._http(request, upstream, session_id, cookie)
 
     def _forward_headers(self, request: web.Request) -> dict[str, str]:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
@@ -91,7 +89,8 @@ class SessionProxy:
         headers["X-Forwarded-Host"] = request.host
         return headers
 
-    async def _http(self, request: web.Request, upstream: URL) -> web.StreamResponse:
+    async def _http(self, request: web.Request, upstream: URL, session_id: str,
+                    cookie: str) -> web.StreamResponse:
         body = request.content if request.body_exists else None
         try:
             upstream_response = await self.client.request(
@@ -111,6 +110,10 @@ class SessionProxy:
                 if key.lower() in HOP_BY_HOP:
                     continue
                 response.headers.add(key, value)
+            if cookie:
+                # Set before prepare(): once the headers are sent, a cookie is lost.
+                response.set_cookie(cookie_name(session_id), cookie, path=f"/user/{session_id}/",
+                                    httponly=True, samesite="Lax")
             if upstream_response.headers.get("Content-Length") is not None:
                 response.content_length = int(upstream_response.headers["Content-Length"])
             await response.prepare(request)
