@@ -55,7 +55,7 @@ def base_env() -> dict[str, str]:
 
 
 def setup_python() -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py may be started by an older python3
         sys.exit("dev.py: binderless needs Python 3.11 or newer; run it with python3.11.")
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if STAMP.exists() and STAMP.read_text().strip() == wanted:

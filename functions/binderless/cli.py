@@ -83,6 +83,56 @@ def _launch_parser(sub: Any) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="print every log line")
 
 
+def _resolve_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "resolve",
+        help="print, as JSON, what a Binder link or spec launches",
+        description="Parse a Binder link, a <provider>/<spec>, or a pasted repository or record "
+        "URL, resolve its ref to an immutable revision, and print JSON with provider, spec, "
+        "repo_url, ref, resolved_ref, urlpath, launch_url and persistent_url.",
+        epilog="Examples:\n  binderless resolve gh/binder-examples/requirements/HEAD\n"
+        "  binderless resolve --offline 'https://mybinder.org/v2/gl/group%2Fproject/main'\n"
+        "  binderless resolve --offline https://github.com/org/repo/tree/dev",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("target", help="a Binder link, <provider>/<spec>, or a repository URL")
+    p.add_argument("--offline", action="store_true",
+                   help="only parse: no network, resolved_ref and persistent_url stay null")
+    p.add_argument("--server", default=os.environ.get("BINDERLESS_SERVER", DEFAULT_SERVER),
+                   help="host for launch_url when the input is not a full link")
+
+
+def _resolve(args: argparse.Namespace) -> int:
+    import json
+
+    import httpx
+
+    from .errors import BinderlessError
+    from .providers import ProviderRegistry
+    from .resolve import resolve_link
+    from .urlguard import UrlGuard, guarded_client
+
+    try:
+        settings = load_settings(os.environ)
+    except ValueError as exc:
+        print(f"binderless resolve: {exc}", file=sys.stderr)
+        return 2
+    transport = None
+    if args.offline:
+        def refuse(request: httpx.Request) -> httpx.Response:
+            raise RuntimeError("--offline must not use the network")
+        transport = httpx.MockTransport(refuse)
+    client = guarded_client(UrlGuard(enforce=settings.mode == "aws"), inner=transport)
+    try:
+        result = resolve_link(args.target, ProviderRegistry(settings, client),
+                              server=args.server, offline=args.offline)
+    except BinderlessError as exc:
+        print(f"binderless resolve: {exc.user_message()}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="binderless",
@@ -93,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _serve_parser(sub)
     _launch_parser(sub)
+    _resolve_parser(sub)
     return parser
 
 
@@ -171,6 +222,8 @@ def main(argv: list[str] | None = None) -> None:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         logging.getLogger("httpx").setLevel(logging.WARNING)
         sys.exit(asyncio.run(_serve(args)))
+    if args.command == "resolve":
+        sys.exit(_resolve(args))
     if args.command == "launch":
         from .client import run_launch
 

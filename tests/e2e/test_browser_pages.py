@@ -69,8 +69,9 @@ def collect_page_errors(page: Page) -> list[str]:
 def expect_failure_shown(page: Page) -> None:
     """The failure panel shows the server's message as text, and the log is open."""
     page.locator("#failure").wait_for(state="visible")
-    message = page.locator("#failure-message").inner_text()
-    assert "/nonexistent" in message
+    message = page.locator("#failure-message")
+    assert "/nonexistent" in message.inner_text()
+    assert message.locator("*").count() == 0  # plain text, never markup
     assert page.locator("#status").inner_text() == "Launch failed."
     assert page.locator("#launch").get_attribute("data-state") == "failed"
     assert page.locator("#log").is_visible()
@@ -216,4 +217,14 @@ def test_home_page_builds_link_and_badge_from_a_pasted_github_url(
     expect_text = link + "?urlpath=lab"
     page.wait_for_function("document.getElementById('copy-link').textContent === 'Copied'")
     assert page.evaluate("navigator.clipboard.readText()") == expect_text
+
+    # git and gl specs carry their repository as one encoded path segment.
+    page.locator("#path").fill("")
+    page.locator("#provider").select_option("git")
+    repo_field.fill("https://example.org/org/repo.git")
+    assert page.locator("#link").inner_text() == (
+        f"{origin}/v2/git/https%3A%2F%2Fexample.org%2Forg%2Frepo.git/main")
+    page.locator("#provider").select_option("gl")
+    repo_field.fill("group/sub/project")
+    assert page.locator("#link").inner_text() == f"{origin}/v2/gl/group%2Fsub%2Fproject/main"
     assert not errors, errors

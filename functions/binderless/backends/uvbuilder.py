@@ -10,6 +10,7 @@ the files it adds to the repository folder (the session's home) are kept in
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import time
@@ -122,6 +123,7 @@ class UvBuilder:
             if plan.install_repo:
                 install.append(".")
             await stream_process(install, log=log, cwd=work, env=env, timeout=timeout)
+            _quiet_jupyterlab(env_dir)
             if plan.post_build:
                 step = plan.post_build
                 script = work / plan.post_build
@@ -168,3 +170,11 @@ def _keep_changes(root: Path, before: dict[str, tuple[float, int]], overlay: Pat
         target = overlay / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(root / rel, target, follow_symlinks=False)
+
+
+def _quiet_jupyterlab(env_dir: Path) -> None:
+    """Turn off JupyterLab's news pop-up: sessions are short and the network may be closed."""
+    config = env_dir / "etc" / "jupyter" / "labconfig" / "page_config.json"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(json.dumps({"disabledExtensions": {
+        "@jupyterlab/apputils-extension:announcements": True}}, indent=1) + "\n")

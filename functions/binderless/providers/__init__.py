@@ -22,7 +22,6 @@ __all__ = ["PROVIDERS", "ProviderRegistry", "RepoProvider", "ResolvedRepo"]
 ProviderFactory = Callable[[Settings, httpx.Client], RepoProvider]
 
 
-
 def _git_guard(settings: Settings) -> UrlGuard:
     schemes = ("https", "git") if settings.allow_git_protocol else ("https",)
     return UrlGuard(enforce=settings.mode == "aws", schemes=schemes,

@@ -6,9 +6,16 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
-__all__ = ["ArchiveProvider", "RepoProvider", "ResolvedRepo", "not_found", "slugify"]
+__all__ = [
+    "ArchiveProvider",
+    "OfflineParser",
+    "RepoProvider",
+    "ResolvedRepo",
+    "not_found",
+    "slugify",
+]
 
 
 @dataclass(frozen=True)
@@ -78,4 +85,13 @@ class ArchiveProvider(RepoProvider, Protocol):
         """Download the record's files into the empty directory ``dest``; unpack a lone
         zip archive the way repo2docker does. Raises ``RefNotFound`` or
         ``ProviderUnavailable``; leaves ``dest`` empty on failure."""
+        ...
+
+
+@runtime_checkable
+class OfflineParser(Protocol):
+    """A provider that can tell, without the network, which repository and ref a spec names."""
+
+    def parse_offline(self, spec: str) -> tuple[str, str]:
+        """Return ``(repo_url, ref)``; raise ``BadLink`` when the spec is malformed."""
         ...

@@ -43,6 +43,10 @@ class GistProvider:
                           "for example gist/jdoe/8f9c1b2a3d4e5f60718293a4b5c6d7e8.")
         return parts[0], parts[1], "/".join(parts[2:])
 
+    def parse_offline(self, spec: str) -> tuple[str, str]:
+        user, gist_id, ref = self.parse(spec)
+        return f"https://gist.github.com/{user}/{gist_id}", ref or "HEAD"
+
     def resolve(self, spec: str) -> ResolvedRepo:
         user, gist_id, ref = self.parse(spec)
         try:

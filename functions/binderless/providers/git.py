@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from ..errors import BadLink, ProviderUnavailable, RefNotFound, SpecNotAllowed
+from ..errors import (
+    BadLink,
+    ProviderUnavailable,
+    RefNotFound,
+    SpecNotAllowed,
+    UnsupportedRepository,
+)
 from ..urlguard import UrlGuard
 from .base import ResolvedRepo, not_found, slugify
 
@@ -46,13 +52,33 @@ def split_git_spec(spec: str) -> tuple[str, str]:
     return url, unquote(ref)
 
 
+MAX_DIR_FILES = 20_000
+MAX_DIR_BYTES = 2 * 1024**3
+
+
 def content_hash(root: Path) -> str:
-    """A stable hash of a directory's files (names, modes and contents), ``.git`` aside."""
+    """A stable hash of a directory's files (names, modes and contents), ``.git`` aside.
+
+    Refuses folders of more than 20,000 files or 2 GiB: launching ``/`` by mistake
+    must not copy a whole disk.
+    """
     digest = hashlib.sha256()
+    files = size = 0
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d != ".git")
+        files += len(filenames)
+        if files > MAX_DIR_FILES:
+            raise UnsupportedRepository(
+                f"{root} holds more than {MAX_DIR_FILES:,} files, too many to launch as a folder.",
+                hint="Launch the project folder itself, or make it a git repository.")
         for name in sorted(filenames):
             path = Path(dirpath) / name
+            if path.is_file() and not path.is_symlink():
+                size += path.stat().st_size
+                if size > MAX_DIR_BYTES:
+                    raise UnsupportedRepository(
+                        f"{root} holds more than 2 GiB, too much to launch as a folder.",
+                        hint="Launch the project folder itself, or make it a git repository.")
             rel = path.relative_to(root).as_posix()
             digest.update(rel.encode() + b"\0")
             if path.is_symlink():
@@ -94,6 +120,9 @@ class GitProvider:
         if not parts.scheme and url.startswith(("/", "~", ".")):
             return Path(url).expanduser()
         return None
+
+    def parse_offline(self, spec: str) -> tuple[str, str]:
+        return split_git_spec(spec)
 
     def resolve(self, spec: str) -> ResolvedRepo:
         url, ref = split_git_spec(spec)

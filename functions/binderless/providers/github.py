@@ -62,6 +62,10 @@ class GitHubProvider:
                 raise BadLink(f"{part!r} is not a valid GitHub user or repository name.")
         return user, repo, ref.strip("/")
 
+    def parse_offline(self, spec: str) -> tuple[str, str]:
+        user, repo, ref = self.parse(spec)
+        return f"https://github.com/{user}/{repo}", ref
+
     def resolve(self, spec: str) -> ResolvedRepo:
         user, repo, ref = self.parse(spec)
         notes: list[str] = []

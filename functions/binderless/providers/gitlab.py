@@ -57,6 +57,10 @@ class GitLabProvider:
             raise BadLink(f"{spec!r} is not a GitLab spec: a project is <group>/<project>.")
         return [("/".join(parts[:i]), "/".join(parts[i:])) for i in range(len(parts) - 1, 1, -1)]
 
+    def parse_offline(self, spec: str) -> tuple[str, str]:
+        namespace, ref = self.candidates(spec)[0]
+        return f"https://{self.host}/{namespace}", ref
+
     def resolve(self, spec: str) -> ResolvedRepo:
         for namespace, ref in self.candidates(spec):
             sha = self._commit(namespace, ref or "HEAD", spec)

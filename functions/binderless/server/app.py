@@ -147,7 +147,9 @@ class BinderlessServer:
         return f"{request.scheme}://{request.host}/"
 
     def _resume(self, request: web.Request, provider: str, spec: str) -> tuple[str, int] | None:
-        last = request.headers.get("Last-Event-ID", "")
+        # EventSource resends Last-Event-ID by itself; a page that opens a new EventSource
+        # (a retry button) cannot set headers, so it may pass ?last_event_id= instead.
+        last = request.headers.get("Last-Event-ID") or request.query.get("last_event_id", "")
         launch_id, _, seq = last.partition(":")
         if not launch_id or not seq.isdigit():
             return None

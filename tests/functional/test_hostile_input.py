@@ -1,0 +1,115 @@
+"""Property-based: random and hostile specs and URLs never produce a 500 or a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import threading
+from collections.abc import Iterator, Sequence
+from urllib.parse import quote
+
+import httpx
+import pytest
+from aiohttp import web
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from binderless.errors import BinderlessError
+from binderless.links import parse_link
+from binderless.local import local_service
+from binderless.providers import ProviderRegistry
+from binderless.providers.git import GitProvider
+from binderless.server import create_app
+from binderless.settings import Settings
+from binderless.urlguard import UrlGuard
+from tests.conftest import free_port
+
+PROVIDERS = ["gh", "gl", "gist", "git", "zenodo", "figshare", "hydroshare", "dataverse", "ckan",
+             "doi", "nope", "", "..", "%2e%2e", "GH"]
+NASTY = ["../", "..%2F", "%00", "%2F", "?", "#", "%", "%%", "\\", "~", "//", " ", "\u202e",
+         "HEAD", "master", "main", "https%3A%2F%2F", "file:", "localhost", "169.254.169.254",
+         "%3Cscript%3E", "'\"", "a" * 300, ".git", "@", ":", ";", "$(id)", "`id`"]
+spec_parts = st.one_of(st.sampled_from(NASTY), st.text(min_size=0, max_size=30))
+specs = st.lists(spec_parts, min_size=0, max_size=6).map(lambda parts: "/".join(parts))
+
+
+def closed_network(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(404, json={"message": "Not Found"})
+
+
+def no_git(cmd: Sequence[str]) -> str:
+    raise subprocess.CalledProcessError(128, list(cmd), "", "fatal: repository not found")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    state = tmp_path_factory.mktemp("state")
+    settings = Settings(state_dir=state, keepalive_seconds=0.5, final_linger_seconds=0.0,
+                        allow_local_paths=False)
+    client = httpx.Client(transport=httpx.MockTransport(closed_network))
+    service = local_service(settings, http_client=client)
+    service.providers = ProviderRegistry(settings, client, overrides={
+        "git": GitProvider(allow_local=False, guard=UrlGuard(enforce=False), run_git=no_git)})
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(create_app(service))
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+def events_of(base: str, path: str) -> tuple[int, str, list[dict[str, object]]]:
+    response = httpx.get(base + path, headers={"Accept": "text/event-stream"}, timeout=30)
+    events = [json.loads(line[5:]) for line in response.text.splitlines()
+              if line.startswith("data:")]
+    return response.status_code, response.headers.get("content-type", ""), events
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(provider=st.sampled_from(PROVIDERS), spec=specs)
+def test_build_never_500s_and_never_shows_a_traceback(server: str, provider: str, spec: str) -> None:
+    path = "/build/" + quote(provider, safe="%") + "/" + quote(spec, safe="/%")
+    # Clients resolve dot segments before sending, as browsers do: judge what reaches /build.
+    assume(httpx.URL(server + path).raw_path.startswith(b"/build/"))
+    status, ctype, events = events_of(server, path)
+    assert status == 200
+    assert ctype.startswith("text/event-stream")
+    assert events, "no event at all"
+    final = events[-1]
+    assert final["phase"] in ("failed", "ready")
+    text = json.dumps(events)
+    assert "Traceback" not in text and 'File "' not in text
+    if final["phase"] == "failed":
+        assert isinstance(final["status_code"], int) and final["status_code"] != 500, final
+        assert str(final["message"]).strip()
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.one_of(st.text(max_size=80), st.builds(lambda a, b: f"https://{a}/{b}",
+                                                     st.text(max_size=20), st.text(max_size=40)),
+                      st.builds(lambda p, s: f"/v2/{p}/{s}", st.sampled_from(PROVIDERS), specs)))
+def test_parse_link_gives_a_result_or_a_clear_error(text: str) -> None:
+    try:
+        link = parse_link(text)
+    except BinderlessError as exc:
+        assert exc.user_message().strip()
+        return
+    assert link.target.provider is not None and link.target.spec is not None
+
+
+def test_pages_survive_hostile_paths(server: str) -> None:
+    for path in ("/v2/gh/%3Cscript%3Ealert(1)%3C%2Fscript%3E/x/HEAD", "/v2/", "/v2/%00",
+                 "/../../etc/passwd", "/assets/../../pyproject.toml", "/user/x/../../etc",
+                 "/repo/", "/badge.svg/.."):
+        response = httpx.get(server + path)
+        assert response.status_code < 500, path
+        assert "<script>alert(1)" not in response.text
+        assert "[build-system]" not in response.text
