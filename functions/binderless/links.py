@@ -148,6 +148,9 @@ def parse_link(text: str) -> ParsedLink:
     """Parse anything a person may hand binderless: a Binder link (``/v2/...``, ``/build/...``,
     legacy ``/repo/...``), ``<provider>/<spec>``, or a repository or record URL."""
     text = text.strip()
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise BadLink("The link contains control characters (such as a line break).",
+                      hint="Copy the link again, on one line.")
     query: dict[str, str] = {}
     if "://" in text or text.startswith("/"):
         try:

@@ -37,14 +37,15 @@ def local_service(settings: Settings, http_client: httpx.Client | None = None) -
     """The launch service with every local backend; creates no AWS client."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.db_path)
+    providers = ProviderRegistry(
+        settings, http_client or guarded_client(UrlGuard(enforce=settings.mode == "aws")))
     return LaunchService(
         settings,
-        providers=ProviderRegistry(
-            settings, http_client or guarded_client(UrlGuard(enforce=settings.mode == "aws"))),
+        providers=providers,
         store=SqliteStore(db),
         routes=SqliteRoutes(db),
         events=SqliteEventLog(db),
-        fetcher=LocalFetcher(settings.state_dir / "repos"),
+        fetcher=LocalFetcher(settings.state_dir / "repos", archives=providers.get),
         builder=_builder(settings),
         spawner=_spawner(settings),
     )

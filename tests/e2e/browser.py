@@ -42,8 +42,10 @@ def screenshot(page: Page, name: str, *, full_page: bool = True) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    # Module scope, not session: Playwright's sync API keeps an asyncio loop running in
+    # this thread while it is open, which would break every later test using asyncio.run.
     """One headless Chromium for the whole test session."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium "

@@ -118,6 +118,9 @@ def test_bundled_example_launches_into_jupyterlab(
 
     # The kernel runs in the repository's environment (six comes from requirements.txt),
     # over the session proxy's WebSocket.
+    # Run the cell once the kernel is connected and idle: JupyterLab ignores a run
+    # requested while its session is still starting, as a person would see.
+    page.get_by_text("Python 3 (ipykernel) | Idle").first.wait_for(timeout=LAB_TIMEOUT_MS)
     page.locator(".jp-Notebook .jp-Cell .jp-InputArea-editor").first.click()
     page.keyboard.press("Shift+Enter")
     output = page.locator(".jp-OutputArea-output", has_text="six")

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
-import threading
 from collections.abc import Iterator, Sequence
 from urllib.parse import quote
 
 import httpx
 import pytest
-from aiohttp import web
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -20,10 +17,9 @@ from binderless.links import parse_link
 from binderless.local import local_service
 from binderless.providers import ProviderRegistry
 from binderless.providers.git import GitProvider
-from binderless.server import create_app
 from binderless.settings import Settings
 from binderless.urlguard import UrlGuard
-from tests.conftest import free_port
+from tests.functional.inprocess import serve_in_thread
 
 PROVIDERS = ["gh", "gl", "gist", "git", "zenodo", "figshare", "hydroshare", "dataverse", "ckan",
              "doi", "nope", "", "..", "%2e%2e", "GH"]
@@ -51,19 +47,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     service = local_service(settings, http_client=client)
     service.providers = ProviderRegistry(settings, client, overrides={
         "git": GitProvider(allow_local=False, guard=UrlGuard(enforce=False), run_git=no_git)})
-    port = free_port()
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(create_app(service))
-    loop.run_until_complete(runner.setup())
-    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+    with serve_in_thread(service) as base:
+        yield base
 
 
 def events_of(base: str, path: str) -> tuple[int, str, list[dict[str, object]]]:
@@ -73,7 +58,10 @@ def events_of(base: str, path: str) -> tuple[int, str, list[dict[str, object]]]:
     return response.status_code, response.headers.get("content-type", ""), events
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# derandomize: CI must not fail on an example a later run happens to find; raise
+# max_examples locally to explore further.
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(provider=st.sampled_from(PROVIDERS), spec=specs)
 def test_build_never_500s_and_never_shows_a_traceback(server: str, provider: str, spec: str) -> None:
     path = "/build/" + quote(provider, safe="%") + "/" + quote(spec, safe="/%")
@@ -92,7 +80,7 @@ def test_build_never_500s_and_never_shows_a_traceback(server: str, provider: str
         assert str(final["message"]).strip()
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=400, deadline=None, derandomize=True)
 @given(text=st.one_of(st.text(max_size=80), st.builds(lambda a, b: f"https://{a}/{b}",
                                                      st.text(max_size=20), st.text(max_size=40)),
                       st.builds(lambda p, s: f"/v2/{p}/{s}", st.sampled_from(PROVIDERS), specs)))

@@ -6,10 +6,11 @@ import asyncio
 import hashlib
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import RefNotFound
-from ..providers.base import ResolvedRepo
+from ..providers.base import ArchiveProvider, RepoProvider, ResolvedRepo
 from .process import ProcessFailed, stream_process
 from .protocols import LogSink
 
@@ -21,12 +22,22 @@ GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "LC_ALL": "C"}
 class LocalFetcher:
     """Remote git repositories are mirrored once under ``cache_dir`` and cloned from there."""
 
-    def __init__(self, cache_dir: Path) -> None:
+    def __init__(self, cache_dir: Path,
+                 archives: Callable[[str], RepoProvider] | None = None) -> None:
+        """``archives(prefix)`` returns the provider that downloads ``kind="archive"`` repos."""
         self.cache_dir = cache_dir
+        self.archives = archives
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def fetch(self, repo: ResolvedRepo, dest: Path, log: LogSink) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
+        if repo.kind == "archive":
+            provider = self.archives(repo.provider) if self.archives else None
+            if not isinstance(provider, ArchiveProvider):
+                raise RefNotFound(f"binderless cannot download {repo.provider} records here.")
+            dest.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(provider.fetch, repo, dest, log)
+            return
         if repo.kind == "dir":
             await asyncio.to_thread(
                 shutil.copytree, repo.clone_url, dest, symlinks=True,

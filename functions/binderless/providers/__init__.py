@@ -12,20 +12,40 @@ from ..policy import SpecPolicy
 from ..settings import Settings
 from ..urlguard import UrlGuard
 from .base import RepoProvider, ResolvedRepo
+from .ckan import CkanProvider
+from .codecommit import CodeCommitProvider
+from .dataverse import DataverseProvider
+from .doi import DoiProvider
+from .figshare import FigshareProvider
 from .gist import GistProvider
 from .git import GitProvider
 from .github import GitHubApi, GitHubProvider
 from .gitlab import GitLabProvider
+from .hydroshare import HydroshareProvider
+from .zenodo import ZenodoProvider
 
 __all__ = ["PROVIDERS", "ProviderRegistry", "RepoProvider", "ResolvedRepo"]
 
 ProviderFactory = Callable[[Settings, httpx.Client], RepoProvider]
 
 
+
 def _git_guard(settings: Settings) -> UrlGuard:
     schemes = ("https", "git") if settings.allow_git_protocol else ("https",)
     return UrlGuard(enforce=settings.mode == "aws", schemes=schemes,
                     allowed_hosts=settings.allowed_git_hosts)
+
+
+def _codecommit(settings: Settings, _client: httpx.Client) -> RepoProvider:
+    if settings.mode != "aws":
+        return CodeCommitProvider(None)  # the local mode creates no AWS client
+
+    def client(region: str) -> object:
+        import boto3
+
+        return boto3.client("codecommit", region_name=region)
+
+    return CodeCommitProvider(client)
 
 
 PROVIDERS: dict[str, ProviderFactory] = {
@@ -35,6 +55,16 @@ PROVIDERS: dict[str, ProviderFactory] = {
         allow_secret=s.allow_secret_gists),
     "gl": lambda s, c: GitLabProvider(c, host=s.gitlab_host, token=s.gitlab_token),
     "git": lambda s, c: GitProvider(allow_local=s.allow_local_repos, guard=_git_guard(s)),
+    "codecommit": _codecommit,
+    "zenodo": lambda s, c: ZenodoProvider(c),
+    "figshare": lambda s, c: FigshareProvider(c),
+    "hydroshare": lambda s, c: HydroshareProvider(c),
+    "dataverse": lambda s, c: DataverseProvider(c),
+    "ckan": lambda s, c: CkanProvider(c),
+    # Any DOI, handed over to the archive that serves it (the order is the order of checks).
+    "doi": lambda s, c: DoiProvider(c, [ZenodoProvider(c), FigshareProvider(c),
+                                        HydroshareProvider(c), DataverseProvider(c),
+                                        CkanProvider(c)]),
 }
 
 

@@ -78,6 +78,7 @@ def not_found(prefix: str, spec: str) -> str:
     )
 
 
+@runtime_checkable
 class ArchiveProvider(RepoProvider, Protocol):
     """A provider of data archives (Zenodo, Figshare, ...): it downloads its own content."""
 

@@ -234,6 +234,7 @@ def create_app(service: LaunchService, site_dir: Path = SITE_DIR) -> web.Applica
     server = BinderlessServer(service, site_dir)
     app = web.Application(middlewares=[no_tracebacks], client_max_size=1024**3)
     app[SERVICE_KEY] = service
-    app.router.add_route("*", "/{tail:.*}", server.dispatch)
+    # [\s\S], not ".": a decoded %0A in a spec must still reach the dispatcher.
+    app.router.add_route("*", r"/{tail:[\s\S]*}", server.dispatch)
     app.cleanup_ctx.append(server.lifecycle)
     return app
