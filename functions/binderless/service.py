@@ -30,10 +30,11 @@ from .backends.protocols import (
     Route,
     RouteTable,
     SessionHandle,
+    SessionRecord,
     SessionSpec,
     Spawner,
+    Store,
 )
-from .backends.sqlite import SessionRecord, SqliteStore
 from .envplan import EnvironmentPlan
 from .errors import BinderlessError, BuildFailed, LaunchFailed, QuotaExceeded
 from .events import Event, event_from_error
@@ -71,7 +72,7 @@ class LaunchService:
         settings: Settings,
         *,
         providers: ProviderRegistry,
-        store: SqliteStore,
+        store: Store,
         routes: RouteTable,
         events: EventLog,
         fetcher: Fetcher,

@@ -46,7 +46,8 @@ class Settings:
     uv_cache_dir: str = ""
     docker_image_prefix: str = "binderless/"
     # Providers and what operators allow
-    github_api_url: str = "https://api.github.com"
+    github_host: str = "github.com"
+    github_api_url: str = ""
     github_token: str = field(default="", repr=False)
     gitlab_host: str = "gitlab.com"
     gitlab_token: str = field(default="", repr=False)
@@ -81,6 +82,15 @@ class Settings:
         for name in ("port", "max_sessions", "max_sessions_per_repo"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be a positive number")
+
+    @property
+    def github_api(self) -> str:
+        """GitHub's API, or a GitHub Enterprise host's (``https://<host>/api/v3``)."""
+        if self.github_api_url:
+            return self.github_api_url
+        if self.github_host == "github.com":
+            return "https://api.github.com"
+        return f"https://{self.github_host}/api/v3"
 
     @property
     def db_path(self) -> Path:

@@ -94,3 +94,17 @@ def test_token_is_sent_but_never_shown() -> None:
 def test_malformed_specs(spec: str) -> None:
     with pytest.raises(BadLink):
         provider(Replay({})).resolve(spec)
+
+
+def test_github_enterprise_host() -> None:
+    from binderless.settings import Settings
+
+    settings = Settings(github_host="git.example.edu")
+    assert settings.github_api == "https://git.example.edu/api/v3"
+    replay = Replay({"/api/v3/repos/org/repo/commits/HEAD": "github/commit-ok.json"})
+    p = GitHubProvider(replay.client(), api_url=settings.github_api, host=settings.github_host,
+                       token="ghe-token")
+    repo = p.resolve("org/repo/HEAD")
+    assert repo.repo_url == "https://git.example.edu/org/repo"
+    assert str(replay.requests[0].url).startswith("https://git.example.edu/api/v3/")
+    assert replay.requests[0].headers["Authorization"] == "token ghe-token"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..envplan import EnvironmentPlan
 from ..events import Event
@@ -25,8 +25,10 @@ __all__ = [
     "Route",
     "RouteTable",
     "SessionHandle",
+    "SessionRecord",
     "SessionSpec",
     "Spawner",
+    "Store",
 ]
 
 LogSink = Callable[[str], None]
@@ -69,6 +71,63 @@ class Route:
     target: str
     token: str
     owner: str = ""
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """A session as the store keeps it (``target``/``backend_id`` are empty until started)."""
+
+    session_id: str
+    launch_id: str
+    owner: str
+    repo_url: str
+    resolved_ref: str
+    image_key: str
+    home: str
+    target: str
+    token: str
+    backend_id: str
+    status: str  # starting | running | stopped
+    created_at: float
+    last_activity: float
+    stopped_at: float | None = None
+    stop_reason: str = ""
+
+
+class Store(Protocol):
+    """Launch and session records: SQLite locally, DynamoDB on AWS.
+
+    Launch records hold ``provider``, ``spec``, ``resolved_ref``, ``image_key``,
+    ``phase``, ``session_id``, ``built`` (0/1), ``created_at`` and ``finished_at``.
+    """
+
+    def create_launch(self, launch_id: str, provider: str, spec: str, now: float) -> None: ...
+
+    def update_launch(self, launch_id: str, **fields: Any) -> None: ...
+
+    def get_launch(self, launch_id: str) -> dict[str, Any] | None: ...
+
+    def unfinished_launches(self) -> list[str]:
+        """Launches not yet ``ready`` or ``failed``."""
+        ...
+
+    def launch_durations(self, image_key: str, built: bool, limit: int = 10) -> list[float]:
+        """Seconds from request to ``ready`` of recent launches of this environment."""
+        ...
+
+    def add_session(self, record: SessionRecord) -> None: ...
+
+    def update_session(self, session_id: str, **fields: Any) -> None: ...
+
+    def get_session(self, session_id: str) -> SessionRecord:
+        """Raises ``SessionNotFound``."""
+        ...
+
+    def sessions(self, *statuses: str) -> list[SessionRecord]: ...
+
+    def count_active(self, repo_url: str | None = None) -> int:
+        """Sessions ``starting`` or ``running``, overall or of one repository."""
+        ...
 
 
 class Fetcher(Protocol):

@@ -9,13 +9,12 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import SessionNotFound
 from ..events import Event
-from .protocols import Route
+from .protocols import Route, SessionRecord
 
 __all__ = ["Database", "SessionRecord", "SqliteEventLog", "SqliteRoutes", "SqliteStore"]
 
@@ -92,25 +91,6 @@ class Database:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
-
-
-@dataclass(frozen=True)
-class SessionRecord:
-    session_id: str
-    launch_id: str
-    owner: str
-    repo_url: str
-    resolved_ref: str
-    image_key: str
-    home: str
-    target: str
-    token: str
-    backend_id: str
-    status: str
-    created_at: float
-    last_activity: float
-    stopped_at: float | None = None
-    stop_reason: str = ""
 
 
 class SqliteStore:

@@ -49,9 +49,10 @@ def _codecommit(settings: Settings, _client: httpx.Client) -> RepoProvider:
 
 
 PROVIDERS: dict[str, ProviderFactory] = {
-    "gh": lambda s, c: GitHubProvider(c, api_url=s.github_api_url, token=s.github_token),
+    "gh": lambda s, c: GitHubProvider(c, api_url=s.github_api, token=s.github_token,
+                                      host=s.github_host),
     "gist": lambda s, c: GistProvider(
-        GitHubApi(c, api_url=s.github_api_url, token=s.github_token, clock=time.time),
+        GitHubApi(c, api_url=s.github_api, token=s.github_token, clock=time.time),
         allow_secret=s.allow_secret_gists),
     "gl": lambda s, c: GitLabProvider(c, host=s.gitlab_host, token=s.gitlab_token),
     "git": lambda s, c: GitProvider(allow_local=s.allow_local_repos, guard=_git_guard(s)),

@@ -34,8 +34,11 @@ class GitHubProvider:
         *,
         api_url: str = "https://api.github.com",
         token: str = "",
+        host: str = "github.com",
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``host``/``api_url`` point at a GitHub Enterprise server when it is not github.com."""
+        self.host = host
         self.api = GitHubApi(client, api_url=api_url, token=token, clock=clock)
 
     def display_config(self) -> dict[str, Any]:
@@ -64,7 +67,7 @@ class GitHubProvider:
 
     def parse_offline(self, spec: str) -> tuple[str, str]:
         user, repo, ref = self.parse(spec)
-        return f"https://github.com/{user}/{repo}", ref
+        return f"https://{self.host}/{user}/{repo}", ref
 
     def resolve(self, spec: str) -> ResolvedRepo:
         user, repo, ref = self.parse(spec)
@@ -79,7 +82,7 @@ class GitHubProvider:
                 f"There is no branch {ref!r} in {user}/{repo}; "
                 "launching its default branch instead.\n"
             )
-        repo_url = f"https://github.com/{user}/{repo}"
+        repo_url = f"https://{self.host}/{user}/{repo}"
         return ResolvedRepo(
             provider=self.prefix,
             spec=spec,
