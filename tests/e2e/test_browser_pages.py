@@ -231,3 +231,50 @@ def test_home_page_builds_link_and_badge_from_a_pasted_github_url(
     repo_field.fill("group/sub/project")
     assert page.locator("#link").inner_text() == f"{origin}/v2/gl/group%2Fsub%2Fproject/main"
     assert not errors, errors
+
+
+def test_readme_first_command_serves_home_and_launches_the_example(page: Page,
+                                                                  tmp_path: Path) -> None:
+    """``python3 dev.py serve`` as the README says: home page, then the bundled example."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from binderless.cli import example_link
+
+    from ..conftest import ROOT, free_port
+
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "dev.py", "serve", "--port", str(port), "--state-dir",
+             str(tmp_path / "state")], cwd=ROOT, stdout=out, stderr=out,
+            env={**os.environ, "BINDERLESS_FINAL_LINGER_SECONDS": "0"})
+    try:
+        deadline = time.monotonic() + LAUNCH_TIMEOUT_MS / 1000
+        while "The example is running" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.25)
+        base = f"http://127.0.0.1:{port}"
+        assert f"{base}{example_link()}" in log.read_text()
+
+        page.goto(base + "/")
+        page.get_by_role("button", name=re.compile("launch", re.IGNORECASE)).first.wait_for()
+        screenshot(page, "readme-home")
+
+        statuses = record_statuses(page)
+        page.goto(base + example_link())
+        page.wait_for_url(re.compile(r"/user/[^/]+/doc/tree/welcome\.ipynb"),
+                          timeout=LAUNCH_TIMEOUT_MS)
+        phases = [phase for phase, _ in statuses]
+        assert "fetching" in phases and "launching" in phases, statuses
+        heading = page.locator(".jp-RenderedMarkdown h1", has_text="Welcome to binderless")
+        heading.first.wait_for(timeout=LAB_TIMEOUT_MS)
+        screenshot(page, "readme-example-jupyterlab")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    assert "Stopping" in log.read_text()

@@ -243,10 +243,14 @@ def test_restart_adopts_live_sessions_and_cleans_up_dead_ones(tmp_path: Path,
     assert not _process_exists(pid_a)
 
 
-def test_idle_sessions_are_culled_and_their_files_kept(tmp_path: Path,
-                                                       fixture_repo: MakeRepo) -> None:
+@pytest.mark.parametrize(("options", "reason"), [
+    (("--cull-idle", "2"), "idle"),
+    (("--max-age", "3", "--cull-idle", "600"), "maximum age reached"),
+])
+def test_sessions_are_culled_and_their_files_kept(tmp_path: Path, fixture_repo: MakeRepo,
+                                                  options: tuple[str, ...], reason: str) -> None:
     state = tmp_path / "state"
-    server = start_server(state, "--cull-idle", "2", env={"BINDERLESS_CULL_INTERVAL_SECONDS": "0.5"})
+    server = start_server(state, *options, env={"BINDERLESS_CULL_INTERVAL_SECONDS": "0.5"})
     try:
         ready = read_stream(build_url(server, file_spec(fixture_repo("python-requirements")))).final
         pid = _pid_of(state, ready["url"])
@@ -258,6 +262,12 @@ def test_idle_sessions_are_culled_and_their_files_kept(tmp_path: Path,
         assert answer.status_code == 404
         session_id = ready["url"].rstrip("/").rsplit("/", 1)[-1]
         assert (state / "sessions" / session_id / "home" / "index.ipynb").exists()
+        import sqlite3
+
+        with sqlite3.connect(state / "binderless.sqlite3") as db:
+            row = db.execute("SELECT status, stop_reason FROM sessions WHERE session_id = ?",
+                             (session_id,)).fetchone()
+        assert row == ("stopped", reason)
     finally:
         stop_server(server)
 
@@ -290,3 +300,17 @@ def test_server_that_dies_during_launch_leaves_nothing_behind(live_server: LiveS
     with sqlite3.connect(live_server.state_dir / "binderless.sqlite3") as db:
         rows = db.execute("SELECT status FROM sessions").fetchall()
     assert all(status == "stopped" for (status,) in rows)
+
+
+def test_activity_keeps_a_session_from_being_culled(tmp_path: Path, fixture_repo: MakeRepo) -> None:
+    state = tmp_path / "state"
+    server = start_server(state, "--cull-idle", "3", env={"BINDERLESS_CULL_INTERVAL_SECONDS": "0.5"})
+    try:
+        ready = read_stream(build_url(server, file_spec(fixture_repo("python-requirements")))).final
+        pid = _pid_of(state, ready["url"])
+        for _ in range(12):  # six seconds of use, twice the idle limit
+            assert httpx.get(ready["url"] + "api/contents?token=" + ready["token"]).status_code == 200
+            time.sleep(0.5)
+        assert _process_exists(pid)
+    finally:
+        stop_server(server)
