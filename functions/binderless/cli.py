@@ -99,7 +99,9 @@ def _resolve_parser(sub: Any) -> None:
     p.add_argument("--offline", action="store_true",
                    help="only parse: no network, resolved_ref and persistent_url stay null")
     p.add_argument("--server", default=os.environ.get("BINDERLESS_SERVER", DEFAULT_SERVER),
-                   help="host for launch_url when the input is not a full link")
+                   help="the server launch_url and persistent_url point at (default "
+                   f"{DEFAULT_SERVER}, or BINDERLESS_SERVER): a mybinder.org link comes back "
+                   "with this host swapped in")
 
 
 def _resolve(args: argparse.Namespace) -> int:
@@ -170,7 +172,11 @@ async def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"binderless serve: {exc}", file=sys.stderr)
         return 2
-    service = local_service(settings)
+    try:
+        service = local_service(settings)
+    except ValueError as exc:
+        print(f"binderless serve: {exc}", file=sys.stderr)
+        return 2
     runner = web.AppRunner(create_app(service), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, shutdown_timeout=2.0)

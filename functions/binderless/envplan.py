@@ -25,7 +25,7 @@ from .errors import BadLink, UnsupportedRepository
 
 __all__ = ["ENV_FILES", "EnvironmentPlan", "plan_environment", "tree_hash"]
 
-KEY_VERSION = "1"
+KEY_VERSION = "2"  # 2: JupyterLab news pop-up disabled in built environments
 
 #: Files that define an environment, in the binder folder or the root.
 ENV_FILES = (

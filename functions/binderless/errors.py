@@ -17,6 +17,7 @@ __all__ = [
     "RefNotFound",
     "SessionNotFound",
     "SpecNotAllowed",
+    "StateUnavailable",
     "UnsupportedRepository",
 ]
 
@@ -90,3 +91,9 @@ class SessionNotFound(BinderlessError):
     """No running session has this id."""
 
     status_code = 404
+
+
+class StateUnavailable(BinderlessError):
+    """The state store (DynamoDB in AWS mode) failed or throttled us; trying later may work."""
+
+    status_code = 503

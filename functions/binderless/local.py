@@ -12,6 +12,7 @@ from .backends.uvbuilder import UvBuilder
 from .providers import ProviderRegistry
 from .service import LaunchService
 from .settings import Settings
+from .tokens import load_secrets
 from .urlguard import UrlGuard, guarded_client
 
 __all__ = ["local_service"]
@@ -35,6 +36,7 @@ def _spawner(settings: Settings) -> Spawner:
 
 def local_service(settings: Settings, http_client: httpx.Client | None = None) -> LaunchService:
     """The launch service with every local backend; creates no AWS client."""
+    settings = load_secrets(settings, None)  # refuses ssm:/secretsmanager: references locally
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.db_path)
     providers = ProviderRegistry(

@@ -8,6 +8,7 @@ Every environment variable binderless reads is named here, as ``BINDERLESS_<FIEL
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,16 @@ class Settings:
         if (self.builder == "docker") != (self.spawner == "docker"):
             raise ValueError("--builder docker and --spawner docker go together: docker images "
                              "run in containers, uv environments run as local processes")
+        for name in ("banned_specs", "allowed_specs", "high_quota_specs", "spec_quotas"):
+            for pattern in getattr(self, name):
+                regex = pattern.rpartition("=")[0] if name == "spec_quotas" else pattern
+                scope, sep, rest = regex.partition(":")
+                if sep and re.fullmatch(r"[a-z0-9]+", scope):
+                    regex = rest
+                try:
+                    re.compile(regex)
+                except re.error as exc:
+                    raise ValueError(f"{name}: {pattern!r} is not a valid pattern ({exc})") from exc
         for name in ("port", "max_sessions", "max_sessions_per_repo"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be a positive number")

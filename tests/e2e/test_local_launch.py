@@ -169,12 +169,16 @@ def test_second_request_attaches_to_the_running_build(live_server: LiveServer,
     assert all(any(p == "building" for p in s.phases) for s in streams)
 
 
+@pytest.mark.parametrize("how", ["header", "query"])
 def test_reconnecting_client_gets_the_events_it_missed(live_server: LiveServer,
-                                                       fixture_repo: MakeRepo) -> None:
+                                                       fixture_repo: MakeRepo, how: str) -> None:
     url = build_url(live_server, file_spec(fixture_repo("python-requirements")), "?build_only=true")
     start = read_stream(url, stop_after=2)
     assert len(start.ids) == 2
-    resumed = read_stream(url, headers={"Last-Event-ID": start.ids[-1]})
+    if how == "header":  # EventSource's own reconnection
+        resumed = read_stream(url, headers={"Last-Event-ID": start.ids[-1]})
+    else:  # the loading page's Retry button opens a new EventSource
+        resumed = read_stream(url + "&last_event_id=" + start.ids[-1])
     launch = start.ids[0].split(":")[0]
     assert all(i.split(":")[0] == launch for i in resumed.ids)
     seqs = [int(i.split(":")[1]) for i in start.ids + resumed.ids]

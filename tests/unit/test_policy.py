@@ -36,3 +36,33 @@ def test_quotas() -> None:
     assert quota_for(settings, "gh", "tiny/repo/HEAD") == 1
     assert quota_for(settings, "gl", "tiny/repo/HEAD") == 5
     assert quota_for(settings, "gh", "course/x/HEAD") == 200
+
+
+def test_doi_hand_over_cannot_get_around_a_provider_ban() -> None:
+    from binderless.providers import ProviderRegistry
+    from binderless.providers.base import ResolvedRepo
+
+    class FakeDoi:
+        prefix = "doi"
+        display_name = "DOI"
+
+        def resolve(self, spec: str) -> ResolvedRepo:
+            return ResolvedRepo(provider="zenodo", spec="10.5281/zenodo.1", repo_url="u",
+                                clone_url="u", ref="", resolved_ref="1", persistent_spec="s",
+                                ref_url="u", slug="s", kind="archive")
+
+        def display_config(self) -> dict[str, object]:
+            return {"id": "doi"}
+
+    settings = Settings(allowed_providers=("gh", "doi"))
+    registry = ProviderRegistry(settings, client=None, overrides={"doi": FakeDoi()})  # type: ignore[arg-type]
+    with pytest.raises(SpecNotAllowed, match="'zenodo'"):
+        registry.resolve("doi", "10.5281/zenodo.1")
+    assert {c["id"] for c in registry.display_configs()} == {"gh", "doi"}
+
+
+def test_invalid_patterns_are_refused_at_startup() -> None:
+    from binderless.settings import load_settings
+
+    with pytest.raises(ValueError, match="banned_specs"):
+        load_settings({"BINDERLESS_BANNED_SPECS": "gh:[unclosed"})

@@ -16,7 +16,12 @@ from .protocols import LogSink
 
 __all__ = ["LocalFetcher"]
 
-GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "LC_ALL": "C"}
+GIT_ENV = {
+    "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "LC_ALL": "C",
+    # Redirects are not followed: the URL guard checked this URL, not where it might lead.
+    "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.followRedirects",
+    "GIT_CONFIG_VALUE_0": "false",
+}
 
 
 class LocalFetcher:

@@ -17,6 +17,8 @@ from ..events import Event
 from ..providers.base import ResolvedRepo
 
 __all__ = [
+    "BuildClaim",
+    "BuildClaims",
     "Builder",
     "EventLog",
     "Fetcher",
@@ -201,3 +203,36 @@ class EventLog(Protocol):
         """Yield stored events after ``after``, then new ones as they come; ``None``
         every ``tick`` seconds without news (time for a keepalive). Ends after a final event."""
         ...
+
+
+@dataclass(frozen=True)
+class BuildClaim:
+    """Who builds an environment and the event stream the build writes to.
+
+    ``claimed`` is true only in the answer to the ``claim_build`` call that won the claim;
+    ``status`` is ``building``, ``built`` or ``failed``; ``image_name`` is set once built.
+    """
+
+    claimed: bool
+    owner: str
+    stream: str
+    status: str
+    image_name: str = ""
+
+
+class BuildClaims(Protocol):
+    """At most one build per environment key, across processes."""
+
+    def claim_build(
+        self, key: str, owner: str, stream: str, now: float, stale_after: float = 3600.0
+    ) -> BuildClaim:
+        """Win the claim when there is none, the last build failed, or a ``building`` claim
+        is older than ``stale_after`` seconds; else return the current one (``claimed=False``)
+        so that the caller follows its ``stream``."""
+        ...
+
+    def finish_build(self, key: str, status: str, image_name: str = "") -> None:
+        """Record the end of the build: ``built`` (with ``image_name``) or ``failed``."""
+        ...
+
+    def get_build(self, key: str) -> BuildClaim | None: ...

@@ -92,7 +92,13 @@ class ProviderRegistry:
     def resolve(self, prefix: str, spec: str) -> ResolvedRepo:
         provider = self.get(prefix)
         self.policy.check(prefix, spec)
-        return provider.resolve(spec)
+        repo = provider.resolve(spec)
+        if repo.provider != prefix:
+            # A hand-over (doi -> zenodo, ...) must not get around the real provider's policy.
+            self.policy.check(repo.provider, repo.spec)
+        return repo
 
     def display_configs(self) -> list[dict[str, object]]:
-        return [p.display_config() for p in self._providers.values()]
+        allowed = self.settings.allowed_providers
+        return [p.display_config() for prefix, p in self._providers.items()
+                if not allowed or prefix in allowed]

@@ -130,8 +130,9 @@ class GitProvider:
         if local is not None:
             if not self.allow_local:
                 raise SpecNotAllowed(
-                    "Local paths and file:// URLs can only be launched by a local binderless.",
-                    hint="Use an https:// clone URL.",
+                    "This server does not launch local paths or file:// URLs.",
+                    hint="Use an https:// clone URL. (A local binderless listening on 127.0.0.1 "
+                    "allows them; see --allow-local-paths.)",
                 )
             return self._resolve_local(spec, url, local, ref)
         scheme = urlsplit(url).scheme

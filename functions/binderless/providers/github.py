@@ -77,7 +77,10 @@ class GitHubProvider:
         except RefNotFound:
             if ref not in FALLBACK_REFS:
                 raise RefNotFound(not_found(self.prefix, spec)) from None
-            sha = self._commit(user, repo, "HEAD")
+            try:
+                sha = self._commit(user, repo, "HEAD")
+            except RefNotFound:
+                raise RefNotFound(not_found(self.prefix, spec)) from None
             notes.append(
                 f"There is no branch {ref!r} in {user}/{repo}; "
                 "launching its default branch instead.\n"

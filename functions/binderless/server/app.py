@@ -16,7 +16,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .. import __version__
+from ..api import Check, health_document, repoproviders_document, versions_document
 from ..errors import BadLink, BinderlessError
 from ..events import KEEPALIVE, event_from_error, sse_frame
 from ..links import legacy_redirect, split_launch_path
@@ -117,27 +117,22 @@ class BinderlessServer:
                             headers={"Cache-Control": "no-cache"})
 
     def versions(self) -> web.Response:
-        return web.json_response({
-            "binderhub": f"binderless-{__version__}",
-            "builder_info": {"binderless": __version__, "builder": self.settings.builder,
-                             "spawner": self.settings.spawner, "mode": self.settings.mode},
-        }, headers=CORS)
+        return web.json_response(versions_document(self.settings), headers=CORS)
 
     def health(self) -> web.Response:
-        checks = []
+        checks: list[Check] = []
         try:
             self.service.store.count_active()
             checks.append({"service": "store", "ok": True})
         except Exception as exc:  # a health check reports, it does not raise
             checks.append({"service": "store", "ok": False, "message": str(exc)})
-        site_ok = (self.site_dir / "loading.html").is_file()
-        checks.append({"service": "site", "ok": site_ok})
-        ok = all(c["ok"] for c in checks)
-        return web.json_response({"ok": ok, "checks": checks}, status=200 if ok else 503,
-                                 headers=CORS)
+        checks.append({"service": "site", "ok": (self.site_dir / "loading.html").is_file()})
+        document, status = health_document(checks)
+        return web.json_response(document, status=status, headers=CORS)
 
     def repoproviders(self) -> web.Response:
-        return web.json_response(self.service.providers.display_configs(), headers=CORS)
+        return web.json_response(
+            repoproviders_document(self.service.providers.display_configs()), headers=CORS)
 
     # ----- the event stream ------------------------------------------------------------
 

@@ -71,6 +71,7 @@ const state = {
   phase: "", // the furthest phase reached, "" before the first event
   steps: null, // {n, m} from the last "Step N/M" line
   source: null, // the EventSource
+  lastEventId: "", // the id of the last event received, to resume after a lost connection
   done: false, // a final event arrived (or the page gave up)
   lines: 0,
   started: 0,
@@ -291,10 +292,15 @@ function connect() {
   setTitle(`Starting… ${state.name}`);
   startClock();
 
-  const source = new EventSource(`/build/${provider}/${spec}`);
+  // After a lost connection, resume the same launch where it stopped (a new EventSource
+  // cannot send Last-Event-ID itself, so the id travels in the query).
+  const resume = state.lastEventId ? `?last_event_id=${encodeURIComponent(state.lastEventId)}` : "";
+  const source = new EventSource(`/build/${provider}/${spec}${resume}`);
   state.source = source;
   source.onmessage = (event) => {
-    if (state.source === source && !state.done) onEvent(event);
+    if (state.source !== source || state.done) return;
+    if (event.lastEventId) state.lastEventId = event.lastEventId;
+    onEvent(event);
   };
   // EventSource would reconnect by itself, into a second launch: stop instead, and let
   // the reader decide.

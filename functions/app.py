@@ -1,0 +1,80 @@
+"""binderless's REST API on API Gateway and Lambda (the AWS mode), built with Chalice.
+
+Routes stay thin: they parse the request and call the same functions the local
+server uses. Imports are kept light (the cold start is measured by
+``bench/cold_start.py``): providers and AWS clients load on first use.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from chalice import Chalice, Response
+
+from binderless.api import health_document, repoproviders_document, versions_document
+from binderless.errors import BinderlessError
+from binderless.settings import Settings, load_settings
+
+app = Chalice(app_name="binderless")
+logger = Logger(service="binderless")
+CORS = {"Access-Control-Allow-Origin": "*"}
+
+
+@cache
+def settings() -> Settings:
+    return load_settings(os.environ, mode=os.environ.get("BINDERLESS_MODE", "aws"))
+
+
+@cache
+def registry() -> Any:
+    from binderless.providers import ProviderRegistry
+    from binderless.urlguard import UrlGuard, guarded_client
+
+    current = settings()
+    return ProviderRegistry(current, guarded_client(UrlGuard(enforce=current.mode == "aws")))
+
+
+def error_response(error: BinderlessError) -> Response:
+    """The one mapping from a domain error to an API answer."""
+    return Response(body={"message": error.user_message(), "status_code": error.status_code},
+                    status_code=error.status_code, headers=CORS)
+
+
+@app.route("/versions", cors=True)
+def versions() -> dict[str, Any]:
+    return versions_document(settings())
+
+
+@app.route("/health", cors=True)
+def health() -> Response:
+    checks = [{"service": "settings", "ok": True, "mode": settings().mode}]
+    document, status = health_document(checks)
+    return Response(body=document, status_code=status, headers=CORS)
+
+
+@app.route("/api/repoproviders", cors=True)
+def repoproviders() -> list[dict[str, Any]]:
+    return repoproviders_document(registry().display_configs())
+
+
+@app.route("/api/resolve", cors=True)
+def resolve() -> Response:
+    """What a link launches: ``?link=<Binder link, provider/spec or repository URL>``."""
+    from binderless.resolve import resolve_link
+
+    params = app.current_request.query_params or {}
+    link = params.get("link", "")
+    if not link:
+        return Response(body={"message": "Pass the link to resolve as ?link=...",
+                              "status_code": 400}, status_code=400, headers=CORS)
+    server = params.get("server") or f"https://{app.current_request.headers.get('host', '')}"
+    try:
+        result = resolve_link(link, registry(), server=server,
+                              offline=params.get("offline") == "true")
+    except BinderlessError as exc:
+        logger.info("resolve refused", extra={"link": link, "reason": exc.message})
+        return error_response(exc)
+    return Response(body=result, status_code=200, headers=CORS)
