@@ -1,0 +1,44 @@
+"""Stage the Chalice project for packaging: ``app.py`` plus this package vendored beside it.
+
+Chalice deploys ``app.py``, ``chalicelib/``, ``vendor/`` and the wheels named in
+``requirements.txt``. binderless is not on PyPI, so ``stage_chalice_project``
+copies it into ``vendor/`` of a fresh directory; ``chalice package`` runs there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = ["FUNCTIONS_DIR", "chalice_package", "stage_chalice_project"]
+
+FUNCTIONS_DIR = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = Path(__file__).resolve().parent
+IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".mypy_cache")
+
+
+def stage_chalice_project(dest: Path) -> Path:
+    """Copy the Chalice project into ``dest`` (which must not exist) and vendor binderless."""
+    shutil.copytree(FUNCTIONS_DIR / ".chalice", dest / ".chalice", ignore=IGNORE)
+    for name in ("app.py", "requirements.txt"):
+        shutil.copy2(FUNCTIONS_DIR / name, dest / name)
+    shutil.copytree(PACKAGE_DIR, dest / "vendor" / "binderless", ignore=IGNORE)
+    return dest
+
+
+def chalice_package(project: Path, out: Path, *, stage: str = "prod",
+                    environ: Mapping[str, str] | None = None) -> Path:
+    """Run ``chalice package`` (no AWS call; needs a region and no credentials) into ``out``."""
+    env = dict(environ if environ is not None else os.environ)
+    env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    chalice = Path(sys.executable).with_name("chalice")
+    cmd = [str(chalice), "package", "--stage", stage, str(out)]
+    result = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"chalice package failed:\n{result.stdout}\n{result.stderr}")
+    return out
