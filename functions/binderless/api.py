@@ -35,3 +35,27 @@ def health_document(checks: Iterable[Check]) -> tuple[dict[str, Any], int]:
 def repoproviders_document(configs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """``/api/repoproviders``: each provider's display configuration."""
     return list(configs)
+
+
+def metrics_text(metrics: dict[str, Any]) -> str:
+    """``/metrics`` in the Prometheus text format, from a store's ``metrics()`` counts."""
+    lines = [
+        "# HELP binderless_launches_total Finished launches by outcome and whether they built.",
+        "# TYPE binderless_launches_total counter",
+    ]
+    durations = ["# HELP binderless_launch_seconds Time from request to the final event.",
+                 "# TYPE binderless_launch_seconds summary"]
+    for phase, built, count, total in metrics["launches"]:
+        labels = f'status="{phase}",built="{str(built).lower()}"'
+        lines.append(f"binderless_launches_total{{{labels}}} {count}")
+        durations.append(f"binderless_launch_seconds_count{{{labels}}} {count}")
+        durations.append(f"binderless_launch_seconds_sum{{{labels}}} {total:.3f}")
+    lines += durations
+    lines += ["# HELP binderless_launches_in_progress Launches not yet ready or failed.",
+              "# TYPE binderless_launches_in_progress gauge",
+              f"binderless_launches_in_progress {metrics['in_progress']}",
+              "# HELP binderless_sessions Sessions by status.",
+              "# TYPE binderless_sessions gauge"]
+    for status in ("starting", "running", "stopped"):
+        lines.append(f'binderless_sessions{{status="{status}"}} {metrics["sessions"].get(status, 0)}')
+    return "\n".join(lines) + "\n"

@@ -40,7 +40,7 @@ def local_service(settings: Settings, http_client: httpx.Client | None = None) -
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.db_path)
     providers = ProviderRegistry(
-        settings, http_client or guarded_client(UrlGuard(enforce=settings.mode == "aws")))
+        settings, http_client or guarded_client(UrlGuard(enforce=settings.enforce_url_guard)))
     return LaunchService(
         settings,
         providers=providers,

@@ -69,6 +69,12 @@ class Settings:
         """``file://`` URLs and local directories: local mode only, and only when allowed."""
         return self.mode == "local" and self.allow_local_paths
 
+    @property
+    def enforce_url_guard(self) -> bool:
+        """Refuse fetches from local, private and metadata addresses: always on AWS, and on a
+        local server that others can reach (one that also refuses local paths)."""
+        return self.mode == "aws" or not self.allow_local_paths
+
     def validate(self) -> None:
         """Raise ``ValueError`` with a readable message for a contradictory setting."""
         choices = {"mode": ("local", "aws"), "builder": ("uv", "docker"),

@@ -94,3 +94,17 @@ def test_stream_keeps_alive_and_lingers_after_the_end(tmp_path: Path) -> None:
         assert held >= 1.5  # the stream stayed open after the final event
     finally:
         stop_server(server)
+
+
+def test_metrics_count_launches_and_sessions(live_server: LiveServer,
+                                             fixture_repo: Callable[[str], Path]) -> None:
+    from tests.e2e.streams import read_stream
+
+    spec = file_spec(fixture_repo("python-requirements"))
+    read_stream(live_server.url(f"/build/{spec}"))
+    read_stream(live_server.url("/build/gh/x"))
+    text = httpx.get(live_server.url("/metrics")).text
+    assert 'binderless_launches_total{status="ready",built="true"} 1' in text
+    assert 'binderless_launches_total{status="failed",built="false"} 1' in text
+    assert 'binderless_sessions{status="running"} 1' in text
+    assert "# TYPE binderless_launch_seconds summary" in text

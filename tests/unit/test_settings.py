@@ -28,3 +28,9 @@ def test_github_token_from_environment_is_not_in_repr() -> None:
 def test_bad_value_names_the_variable() -> None:
     with pytest.raises(ValueError, match="BINDERLESS_PORT"):
         load_settings({"BINDERLESS_PORT": "eighty"})
+
+
+def test_url_guard_follows_reachability() -> None:
+    assert not load_settings({}).enforce_url_guard  # a laptop on 127.0.0.1
+    assert load_settings({}, allow_local_paths=False).enforce_url_guard  # reachable by others
+    assert load_settings({"BINDERLESS_MODE": "aws"}).enforce_url_guard

@@ -129,6 +129,20 @@ class SqliteStore:
         rows = self.db.query("SELECT launch_id FROM launches WHERE phase NOT IN ('ready', 'failed')")
         return [str(r["launch_id"]) for r in rows]
 
+    def metrics(self) -> dict[str, object]:
+        """Counts and durations for ``/metrics``."""
+        launches = self.db.query(
+            "SELECT phase, built, COUNT(*) AS n, SUM(finished_at - created_at) AS total "
+            "FROM launches WHERE finished_at IS NOT NULL GROUP BY phase, built")
+        sessions = self.db.query("SELECT status, COUNT(*) AS n FROM sessions GROUP BY status")
+        running = self.db.query("SELECT COUNT(*) AS n FROM launches WHERE finished_at IS NULL")
+        return {
+            "launches": [(r["phase"], bool(r["built"]), int(r["n"]), float(r["total"] or 0.0))
+                         for r in launches],
+            "sessions": {r["status"]: int(r["n"]) for r in sessions},
+            "in_progress": int(running[0]["n"]),
+        }
+
     def add_session(self, record: SessionRecord) -> None:
         with self.db.transaction() as cur:
             cur.execute(

@@ -32,7 +32,7 @@ ProviderFactory = Callable[[Settings, httpx.Client], RepoProvider]
 
 def _git_guard(settings: Settings) -> UrlGuard:
     schemes = ("https", "git") if settings.allow_git_protocol else ("https",)
-    return UrlGuard(enforce=settings.mode == "aws", schemes=schemes,
+    return UrlGuard(enforce=settings.enforce_url_guard, schemes=schemes,
                     allowed_hosts=settings.allowed_git_hosts)
 
 

@@ -16,7 +16,13 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..api import Check, health_document, repoproviders_document, versions_document
+from ..api import (
+    Check,
+    health_document,
+    metrics_text,
+    repoproviders_document,
+    versions_document,
+)
 from ..errors import BadLink, BinderlessError
 from ..events import KEEPALIVE, event_from_error, sse_frame
 from ..links import legacy_redirect, split_launch_path
@@ -74,7 +80,7 @@ class BinderlessServer:
                 raise web.HTTPFound(legacy_redirect(path))
             simple: dict[str, Callable[[], web.StreamResponse]] = {
                 "/versions": self.versions, "/health": self.health,
-                "/api/repoproviders": self.repoproviders,
+                "/api/repoproviders": self.repoproviders, "/metrics": self.metrics,
             }
             if path in simple:
                 return simple[path]()
@@ -129,6 +135,14 @@ class BinderlessServer:
         checks.append({"service": "site", "ok": (self.site_dir / "loading.html").is_file()})
         document, status = health_document(checks)
         return web.json_response(document, status=status, headers=CORS)
+
+    def metrics(self) -> web.Response:
+        store_metrics = getattr(self.service.store, "metrics", None)
+        if store_metrics is None:
+            return web.Response(status=404, text="metrics are not kept by this store\n")
+        return web.Response(text=metrics_text(store_metrics()),
+                            content_type="text/plain", charset="utf-8",
+                            headers={"X-Content-Type-Options": "nosniff"})
 
     def repoproviders(self) -> web.Response:
         return web.json_response(
