@@ -1,0 +1,238 @@
+"""Sessions as ECS Fargate tasks: ``FargateSpawner``.
+
+An image is built once per environment and shared by every commit and repository with
+the same environment files, so its copy of the repository may be another commit's. The
+session's own checkout therefore travels beside it: ``start`` packs ``spec.home`` into a
+tarball, uploads it to S3 and hands the task a presigned URL in
+``BINDERLESS_CHECKOUT_URL``; the image's entrypoint wrapper (``build-runner/session-start``)
+unpacks it into the home before Jupyter starts.
+
+Jupyter starts as in ``DockerSpawner``: the same command line, the token in
+``JUPYTER_TOKEN``, the ``BINDER_*`` variables in the environment. ``backend_id`` is the
+task ARN and ``target`` the task's private address, which only the session proxy (in the
+same VPC) can reach.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Protocol
+
+from ..backends.docker import CONTAINER_PORT, jupyter_arguments
+from ..backends.protocols import LogSink, SessionHandle, SessionSpec
+from ..errors import BinderlessError, LaunchFailed
+from .ecs import FargateTasks, TaskState, task_family
+
+__all__ = ["CheckoutObjects", "FargateSpawner", "LogReader", "checkout_key", "pack_checkout"]
+
+log = logging.getLogger("binderless.aws.spawner")
+
+#: Task states from which a task can still become (or already is) a running server.
+ALIVE_STATES = frozenset({"PROVISIONING", "PENDING", "ACTIVATING", "RUNNING"})
+_PROGRESS = {
+    "PROVISIONING": "Waiting for capacity...",
+    "PENDING": "Pulling the image...",
+    "ACTIVATING": "Starting the container...",
+}
+#: The home subfolder kept across sessions; the checkout never writes into it.
+PERSISTENT_DIR = "persistent"
+#: Pages of a task's log read at most for ``tail``.
+TAIL_PAGES = 50
+
+
+class CheckoutObjects(Protocol):
+    """Where checkouts wait for their task (``aws/s3.py``'s ``S3Objects`` fits)."""
+
+    def put_file(self, key: str, path: Path, /) -> None: ...
+
+    def presigned_get(self, key: str, expires: int, /) -> str:
+        """A URL that reads ``key`` without credentials for ``expires`` seconds."""
+        ...
+
+
+class LogReader(Protocol):
+    """CloudWatch Logs lines of one stream, page by page."""
+
+    def lines(self, group: str, stream: str, token: str | None, /
+              ) -> tuple[list[str], str | None]:
+        """Lines after ``token`` (``None``: from the start) and the token for the next
+        page; the same token back means there is nothing newer."""
+        ...
+
+
+def checkout_key(session_id: str) -> str:
+    return f"checkouts/{session_id}.tar.gz"
+
+
+def pack_checkout(home: Path, dest: Path, *, start_script: str | None = None) -> None:
+    """Write ``home`` as a gzipped tarball of relative paths owned by the session's user.
+
+    Only directories, regular files and symlinks go in; ``persistent/`` stays out, and the
+    start script is made executable (checkouts do not always keep the mode).
+    """
+    executable = {start_script} if start_script else set()
+
+    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        if not (info.isdir() or info.isreg() or info.issym()):
+            return None
+        if info.name.split("/", 1)[0] == PERSISTENT_DIR:
+            return None
+        info.uid = info.gid = 1000
+        info.uname = info.gname = "jovyan"
+        if info.name in executable:
+            info.mode |= 0o755
+        return info
+
+    with tarfile.open(dest, "w:gz") as tar:
+        for child in sorted(home.iterdir()):
+            tar.add(child, arcname=child.name, recursive=True, filter=keep)
+
+
+class FargateSpawner:
+    """Runs each session as one Fargate task of its environment's image."""
+
+    def __init__(self, tasks: FargateTasks, objects: CheckoutObjects, logs: LogReader, *,
+                 cpu: int = 1024, memory: int = 4096, poll_interval: float = 2.0,
+                 start_timeout: float = 900.0, checkout_url_seconds: int = 3600,
+                 family_prefix: str = "binderless-session-") -> None:
+        if cpu <= 0 or memory <= 0 or poll_interval < 0 or start_timeout <= 0:
+            raise ValueError("cpu, memory and start_timeout must be positive, "
+                             "poll_interval not negative")
+        self.tasks = tasks
+        self.objects = objects
+        self.logs = logs
+        self.cpu = cpu
+        self.memory = memory
+        self.poll_interval = poll_interval
+        self.start_timeout = start_timeout
+        self.checkout_url_seconds = checkout_url_seconds
+        self.family_prefix = family_prefix
+
+    def environment(self, spec: SessionSpec, checkout_url: str) -> dict[str, str]:
+        """The task's environment: the ``BINDER_*`` variables, the token, the checkout."""
+        return {**spec.environment, "JUPYTER_TOKEN": spec.token,
+                "BINDERLESS_CHECKOUT_URL": checkout_url}
+
+    async def start(self, spec: SessionSpec, log_line: LogSink) -> SessionHandle:
+        if spec.image.location.startswith("/"):
+            raise LaunchFailed(
+                "The Fargate spawner runs container images, but this environment was built "
+                "by the uv builder.",
+                hint="The operator should configure the AWS mode with its image builder.")
+        log_line("Uploading the repository for the session...\n")
+        url = await asyncio.to_thread(self._upload_checkout, spec)
+        size = f"{self.cpu / 1024:g} vCPU, {self.memory / 1024:g} GB"
+        definition = await asyncio.to_thread(
+            self.tasks.ensure_task_definition, spec.image.location,
+            family=task_family(self.family_prefix, spec.image.key),
+            cpu=self.cpu, memory=self.memory, container_port=CONTAINER_PORT)
+        task_arn = await asyncio.to_thread(
+            self.tasks.run, definition,
+            environment=self.environment(spec, url),
+            command=jupyter_arguments(spec),
+            # A retried start (or a retried request) finds the first task, never a second.
+            client_token=spec.session_id,
+            tags={"binderless:session": spec.session_id, "binderless:image": spec.image.key})
+        log_line(f"Started Fargate task {task_arn.rsplit('/', 1)[-1]} ({size}) "
+                 f"of {spec.image.name}\n")
+        handle = SessionHandle(spec.session_id, "", task_arn)
+        try:
+            ip = await asyncio.wait_for(self._wait_running(task_arn, log_line),
+                                        timeout=self.start_timeout)
+        except TimeoutError:
+            await self._stop_quietly(handle, "binderless: did not start in time")
+            raise LaunchFailed(
+                f"The session's Fargate task did not start within {self.start_timeout:g} "
+                "seconds.",
+                hint="Large images take minutes to pull; try again, or ask the operator to "
+                     "raise the start timeout.") from None
+        except BaseException:
+            await self._stop_quietly(handle, "binderless: launch failed")
+            raise
+        log_line(f"Task running at {ip}\n")
+        return SessionHandle(spec.session_id, f"http://{ip}:{CONTAINER_PORT}", task_arn)
+
+    def _upload_checkout(self, spec: SessionSpec) -> str:
+        key = checkout_key(spec.session_id)
+        fd, name = tempfile.mkstemp(prefix=f"binderless-{spec.session_id}-", suffix=".tar.gz")
+        os.close(fd)
+        try:
+            pack_checkout(spec.home, Path(name), start_script=spec.start_script)
+            self.objects.put_file(key, Path(name))
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+        return self.objects.presigned_get(key, self.checkout_url_seconds)
+
+    async def _wait_running(self, task_arn: str, log_line: LogSink) -> str:
+        said = ""
+        while True:
+            state = await asyncio.to_thread(self.tasks.describe, task_arn)
+            if state.stopping:
+                raise _stopped_early(state)
+            if state.last_status == "RUNNING" and state.private_ip:
+                return state.private_ip
+            progress = _PROGRESS.get(state.last_status, "")
+            if progress and progress != said:
+                log_line(progress + "\n")
+                said = progress
+            await asyncio.sleep(self.poll_interval)
+
+    async def _stop_quietly(self, handle: SessionHandle, reason: str) -> None:
+        try:
+            await asyncio.shield(asyncio.to_thread(self.tasks.stop, handle.backend_id, reason))
+        except (BinderlessError, asyncio.CancelledError) as exc:
+            log.warning("could not stop task %s: %s", handle.backend_id, exc)
+
+    async def alive(self, handle: SessionHandle) -> bool:
+        """Whether the task runs or is about to; when ECS does not answer, it counts as
+        alive, so that a passing AWS problem never gets running sessions culled."""
+        if not handle.backend_id:
+            return False
+        try:
+            state = await asyncio.to_thread(self.tasks.describe, handle.backend_id)
+        except BinderlessError as exc:
+            log.warning("cannot tell whether task %s runs: %s", handle.backend_id, exc)
+            return True
+        return not state.stopping and state.last_status in ALIVE_STATES
+
+    async def stop(self, handle: SessionHandle) -> None:
+        if handle.backend_id:
+            await asyncio.to_thread(self.tasks.stop, handle.backend_id,
+                                    "binderless: session stopped")
+
+    async def tail(self, handle: SessionHandle, lines: int = 20) -> list[str]:
+        if not handle.backend_id or lines <= 0:
+            return []
+        return await asyncio.to_thread(self._tail, handle.backend_id, lines)
+
+    def _tail(self, task_arn: str, lines: int) -> list[str]:
+        stream = self.tasks.log_stream(task_arn)
+        kept: list[str] = []
+        token: str | None = None
+        deadline = time.monotonic() + 10.0
+        try:
+            for _ in range(TAIL_PAGES):
+                page, following = self.logs.lines(self.tasks.log_group, stream, token)
+                kept = [*kept, *(line for line in page if line.strip())][-lines:]
+                if not page or following == token or time.monotonic() > deadline:
+                    break
+                token = following
+        except Exception as exc:  # the tail only decorates another failure's message
+            log.warning("cannot read the log of task %s: %s", task_arn, exc)
+        return kept
+
+
+def _stopped_early(state: TaskState) -> LaunchFailed:
+    reason = state.stopped_reason or "ECS gave no reason"
+    code = f" (exit code {state.exit_code})" if state.exit_code else ""
+    return LaunchFailed(f"The session's Fargate task stopped before it ran: {reason}{code}",
+                        hint="A CannotPullContainerError means the image is missing or "
+                             "unreachable; otherwise the server's output says more.")
