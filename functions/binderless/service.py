@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -60,12 +62,6 @@ class LaunchRequest:
     owner: str = ""
 
 
-@dataclass
-class _Build:
-    stream: str
-    task: asyncio.Task[ImageRef]
-
-
 class LaunchService:
     def __init__(
         self,
@@ -92,7 +88,9 @@ class LaunchService:
         self.sessions_dir = settings.state_dir / "sessions"
         self._phases: dict[str, Phase | None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._builds: dict[str, _Build] = {}
+        self._builds: dict[str, asyncio.Task[ImageRef]] = {}
+        #: Who owns build claims made here (several gateways may share one store).
+        self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._activity: dict[str, float] = {}
         self._launch_sessions: dict[str, str] = {}
         self._http: aiohttp.ClientSession | None = None
@@ -108,8 +106,8 @@ class LaunchService:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for build in list(self._builds.values()):
-            build.task.cancel()
-        await asyncio.gather(*(b.task for b in self._builds.values()), return_exceptions=True)
+            build.cancel()
+        await asyncio.gather(*self._builds.values(), return_exceptions=True)
         if not self.settings.keep_sessions_on_exit:
             for record in self.store.sessions("starting", "running"):
                 await self.stop_session(record.session_id, reason="server stopped")
@@ -257,31 +255,54 @@ class LaunchService:
     # ----- builds ----------------------------------------------------------------------
 
     async def _ensure_image(self, launch_id: str, plan: EnvironmentPlan, checkout: Path) -> ImageRef:
+        """The built environment for ``plan``: found, built here, or built by another launch
+        (possibly in another process) whose build log this launch follows."""
         image = await self.builder.find(plan)
         if image is not None:
             self.emit(launch_id, Phase.BUILT, "Found built image, launching...\n",
                       imageName=image.name)
             return image
-        build = self._builds.get(plan.key)
-        if build is None:
-            stream = f"build-{plan.key}-{uuid.uuid4().hex[:8]}"
-            task = asyncio.create_task(self._build(plan, checkout, stream))
-            build = self._builds[plan.key] = _Build(stream, task)
+        self.store.update_launch(launch_id, built=1)
+        claim = self.store.claim_build(plan.key, self.instance_id,
+                                      f"build-{plan.key}-{uuid.uuid4().hex[:8]}", self.clock(),
+                                      stale_after=self.settings.build_timeout_seconds + 300)
+        task: asyncio.Task[ImageRef] | None = None
+        if claim.claimed:
+            image = await self.builder.find(plan)  # finished elsewhere just before the claim?
+            if image is not None:
+                self.store.finish_build(plan.key, "built", image.name, owner=self.instance_id)
+                self.emit(launch_id, Phase.BUILT, "Found built image, launching...\n",
+                          imageName=image.name)
+                return image
+            task = asyncio.create_task(self._build(plan, checkout, claim.stream))
+            self._builds[plan.key] = task
             task.add_done_callback(self._forget_build(plan.key))
         else:
             self.emit(launch_id, Phase.BUILDING,
                       "This environment is already being built; following that build.\n")
-        self.store.update_launch(launch_id, built=1)
-        async for item in self.events.follow(build.stream, 0, tick=1.0):
+        failure: Event | None = None
+        deadline = time.monotonic() + self.settings.build_timeout_seconds + 60
+        async for item in self.events.follow(claim.stream, 0, tick=1.0):
             if item is None:
-                if build.task.done():
+                if (task is not None and task.done()) or time.monotonic() > deadline:
                     break
                 continue
             _seq, event = item
-            if event.is_final or event.phase is Phase.BUILT:
+            if event.phase is Phase.FAILED:
+                failure = event
+                break
+            if event.phase is Phase.BUILT:
                 break
             self.emit(launch_id, event.phase or Phase.BUILDING, event.message)
-        image = await asyncio.shield(build.task)
+        if task is not None:
+            image = await asyncio.shield(task)
+        else:
+            if failure is not None:
+                raise BuildFailed(failure.message.strip())
+            image = await self.builder.find(plan)
+            if image is None:
+                raise BuildFailed("The build this launch was following did not finish.",
+                                  hint="Launch the repository again.")
         self.emit(launch_id, Phase.BUILT, "Built image, launching...\n", imageName=image.name)
         return image
 
@@ -300,10 +321,12 @@ class LaunchService:
         except BaseException as exc:
             error = exc if isinstance(exc, BinderlessError) else BuildFailed(
                 "The build stopped unexpectedly.", hint="Launch again to retry the build.")
+            self.store.finish_build(plan.key, "failed", owner=self.instance_id)
             self.events.append(stream, event_from_error(error))
             if isinstance(exc, BinderlessError) or not isinstance(exc, Exception):
                 raise
             raise error from exc
+        self.store.finish_build(plan.key, "built", image.name, owner=self.instance_id)
         self.events.append(stream, Event(Phase.BUILT, "Built image.\n", {"imageName": image.name}))
         return image
 
@@ -395,6 +418,10 @@ class LaunchService:
 
     async def adopt(self) -> None:
         """After a restart: keep sessions whose server still answers, close out the rest."""
+        release = getattr(self.store, "release_builds", None)
+        if release is not None:
+            # A single-process store (SQLite): builds claimed before the restart died with it.
+            release()
         for record in self.store.sessions("starting", "running"):
             handle = SessionHandle(record.session_id, record.target, record.backend_id)
             alive = record.status == "running" and await self.spawner.alive(handle)

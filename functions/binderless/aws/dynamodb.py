@@ -654,8 +654,9 @@ class DynamoState:
     def claim_build(self, key: str, owner: str, stream: str, now: float,
                     stale_after: float = 3600.0) -> BuildClaim:
         """Claim the build of environment ``key`` for ``owner``, whose build writes to
-        ``stream``. The claim is won when there is none, the last build failed, or a
-        build was claimed more than ``stale_after`` seconds ago and never finished.
+        ``stream``. The claim is won when there is none, the last build ended (failed, or
+        built but the image has since gone: callers claim only after finding no image), or
+        a build was claimed more than ``stale_after`` seconds ago and never finished.
         Otherwise the current claim comes back with ``claimed=False``: follow its stream."""
         item: Item = {
             "pk": {"S": f"BUILD#{key}"},
@@ -672,12 +673,11 @@ class DynamoState:
                     "put_item",
                     Item=item,
                     ConditionExpression=(
-                        "attribute_not_exists(pk) OR #s = :failed "
+                        "attribute_not_exists(pk) OR #s <> :building "
                         "OR (#s = :building AND #c < :stale)"
                     ),
                     ExpressionAttributeNames={"#s": "status", "#c": "claimed_at"},
                     ExpressionAttributeValues={
-                        ":failed": {"S": "failed"},
                         ":building": {"S": "building"},
                         ":stale": _value(now - stale_after),
                     },

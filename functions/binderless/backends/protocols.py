@@ -131,6 +131,15 @@ class Store(Protocol):
         """Sessions ``starting`` or ``running``, overall or of one repository."""
         ...
 
+    # Build claims (see ``BuildClaims``): at most one build per environment key.
+    def claim_build(self, key: str, owner: str, stream: str, now: float,
+                    stale_after: float = 3600.0) -> BuildClaim: ...
+
+    def finish_build(self, key: str, status: str, image_name: str = "", *,
+                     owner: str | None = None) -> None: ...
+
+    def get_build(self, key: str) -> BuildClaim | None: ...
+
 
 class Fetcher(Protocol):
     async def fetch(self, repo: ResolvedRepo, dest: Path, log: LogSink) -> None:
@@ -226,13 +235,16 @@ class BuildClaims(Protocol):
     def claim_build(
         self, key: str, owner: str, stream: str, now: float, stale_after: float = 3600.0
     ) -> BuildClaim:
-        """Win the claim when there is none, the last build failed, or a ``building`` claim
-        is older than ``stale_after`` seconds; else return the current one (``claimed=False``)
-        so that the caller follows its ``stream``."""
+        """Win the claim when there is none, the last build ended (``failed``, or ``built``
+        while the caller found no image: it was deleted), or a ``building`` claim is older
+        than ``stale_after`` seconds; else return the current one (``claimed=False``) so
+        that the caller follows its ``stream``."""
         ...
 
-    def finish_build(self, key: str, status: str, image_name: str = "") -> None:
-        """Record the end of the build: ``built`` (with ``image_name``) or ``failed``."""
+    def finish_build(self, key: str, status: str, image_name: str = "", *,
+                     owner: str | None = None) -> None:
+        """Record the end of the build: ``built`` (with ``image_name``) or ``failed``; with
+        ``owner``, only while the claim is still that owner's."""
         ...
 
     def get_build(self, key: str) -> BuildClaim | None: ...

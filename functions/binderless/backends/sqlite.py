@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import SessionNotFound
 from ..events import Event
-from .protocols import Route, SessionRecord
+from .protocols import BuildClaim, Route, SessionRecord
 
 __all__ = ["Database", "SessionRecord", "SqliteEventLog", "SqliteRoutes", "SqliteStore"]
 
@@ -47,6 +47,15 @@ CREATE TABLE IF NOT EXISTS sessions (
     last_activity REAL NOT NULL,
     stopped_at REAL,
     stop_reason TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS builds (
+    image_key TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    status TEXT NOT NULL,
+    image_name TEXT NOT NULL DEFAULT '',
+    claimed_at REAL NOT NULL,
+    finished_at REAL
 );
 CREATE TABLE IF NOT EXISTS events (
     stream TEXT NOT NULL,
@@ -142,6 +151,44 @@ class SqliteStore:
             "sessions": {r["status"]: int(r["n"]) for r in sessions},
             "in_progress": int(running[0]["n"]),
         }
+
+    def claim_build(self, key: str, owner: str, stream: str, now: float,
+                    stale_after: float = 3600.0) -> BuildClaim:
+        with self.db.transaction() as cur:
+            row = cur.execute("SELECT * FROM builds WHERE image_key = ?", (key,)).fetchone()
+            if row is not None and row["status"] == "building" and \
+                    row["claimed_at"] >= now - stale_after:
+                return BuildClaim(False, row["owner"], row["stream"], row["status"],
+                                  row["image_name"])
+            cur.execute(
+                "INSERT OR REPLACE INTO builds (image_key, owner, stream, status, claimed_at) "
+                "VALUES (?, ?, ?, 'building', ?)", (key, owner, stream, now))
+        return BuildClaim(True, owner, stream, "building")
+
+    def finish_build(self, key: str, status: str, image_name: str = "", *,
+                     owner: str | None = None) -> None:
+        if status not in ("built", "failed"):
+            raise ValueError(f"A build finishes as 'built' or 'failed', not {status!r}.")
+        sql = "UPDATE builds SET status = ?, image_name = ?, finished_at = ? WHERE image_key = ?"
+        params: tuple[Any, ...] = (status, image_name, time.time(), key)
+        if owner is not None:
+            sql += " AND owner = ?"
+            params += (owner,)
+        with self.db.transaction() as cur:
+            cur.execute(sql, params)
+
+    def release_builds(self) -> None:
+        """Fail the builds a previous process claimed (one server owns a state dir)."""
+        with self.db.transaction() as cur:
+            cur.execute("UPDATE builds SET status = 'failed', finished_at = ? "
+                        "WHERE status = 'building'", (time.time(),))
+
+    def get_build(self, key: str) -> BuildClaim | None:
+        rows = self.db.query("SELECT * FROM builds WHERE image_key = ?", (key,))
+        if not rows:
+            return None
+        row = rows[0]
+        return BuildClaim(False, row["owner"], row["stream"], row["status"], row["image_name"])
 
     def add_session(self, record: SessionRecord) -> None:
         with self.db.transaction() as cur:
