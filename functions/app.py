@@ -25,7 +25,19 @@ CORS = {"Access-Control-Allow-Origin": "*"}
 
 @cache
 def settings() -> Settings:
-    return load_settings(os.environ, mode=os.environ.get("BINDERLESS_MODE", "aws"))
+    from binderless.tokens import load_secrets
+
+    loaded = load_settings(os.environ, mode=os.environ.get("BINDERLESS_MODE", "aws"))
+    if loaded.mode != "aws":
+        return load_secrets(loaded, None)
+
+    def client(service: str) -> Any:
+        import boto3
+
+        return boto3.client(service)
+
+    # Provider tokens may be stored as ssm:<name> or secretsmanager:<id> references.
+    return load_secrets(loaded, client)
 
 
 @cache

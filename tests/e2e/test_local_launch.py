@@ -318,3 +318,43 @@ def test_activity_keeps_a_session_from_being_culled(tmp_path: Path, fixture_repo
         assert _process_exists(pid)
     finally:
         stop_server(server)
+
+
+# fixture -> code whose output proves the environment was built as repo2docker would
+BUILDPACKS = {
+    "setup-py": ("import tinypkg; print(tinypkg.VALUE)", "42"),
+    "pyproject-package": ("import ppkg; print(ppkg.NAME)", "ppkg"),
+    "pipfile": ("import six; print(six.__name__)", "six"),
+    "environment-yml": ("import six, idna, sys; print(sys.version_info[:2] == (3, 11))", "True"),
+    "runtime-txt": ("import sys; print('%d.%d' % sys.version_info[:2])", "3.11"),
+    "binder-dir": ("import six; print(six.__name__)", "six"),
+}
+
+
+@pytest.mark.parametrize("fixture", sorted(BUILDPACKS))
+def test_each_supported_environment_kind_launches(live_server: LiveServer, fixture_repo: MakeRepo,
+                                                  fixture: str) -> None:
+    code, expected = BUILDPACKS[fixture]
+    stream = read_stream(build_url(live_server, file_spec(fixture_repo(fixture))))
+    assert stream.final["phase"] == "ready", stream.text()[-2000:]
+    assert run_code(stream.final["url"], stream.final["token"], code).strip() == expected
+
+
+def test_cors_preflight_reaches_the_notebook_server(live_server: LiveServer,
+                                                   fixture_repo: MakeRepo) -> None:
+    """thebe calls the session from the publisher's origin: the browser's preflight carries
+    no token and must still get CORS headers from the notebook server."""
+    ready = read_stream(build_url(live_server, file_spec(fixture_repo("python-requirements")))).final
+    answer = httpx.options(ready["url"] + "api/kernels", headers={
+        "Origin": "https://publisher.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type"})
+    assert answer.status_code in (200, 204)
+    assert answer.headers["access-control-allow-origin"] in ("*", "https://publisher.example")
+    assert "authorization" in answer.headers["access-control-allow-headers"].lower()
+    # A session as @jupyterlab/services (used by thebe) asks for one, from that origin:
+    # the kernel name "python" must be accepted.
+    created = httpx.post(ready["url"] + "api/sessions", headers={
+        "Origin": "https://publisher.example", "Authorization": f"token {ready['token']}"},
+        json={"path": "/", "type": "notebook", "name": "", "kernel": {"name": "python"}})
+    assert created.status_code == 201, created.text
+    assert created.headers["access-control-allow-origin"] in ("*", "https://publisher.example")

@@ -67,3 +67,20 @@ def test_the_packaged_app_imports_and_answers(package: Path, tmp_path: Path) -> 
     assert {"gh", "git", "zenodo", "doi"} <= set(answers["providers"])
     assert answers["resolved"]["launch_url"] == "https://b.example/v2/gh/org/repo/HEAD"
     assert answers["bad"][0] == 400 and "not a GitHub spec" in answers["bad"][1]["message"]
+
+
+def test_the_app_reads_provider_tokens_from_ssm(monkeypatch: pytest.MonkeyPatch) -> None:
+    import boto3
+    from moto import mock_aws
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "functions"))
+    monkeypatch.setenv("BINDERLESS_MODE", "aws")
+    monkeypatch.setenv("BINDERLESS_GITHUB_TOKEN", "ssm:/binderless/github")
+    import app
+
+    app.settings.cache_clear()
+    with mock_aws():
+        boto3.client("ssm").put_parameter(Name="/binderless/github", Value="ghp_from_ssm",
+                                          Type="SecureString")
+        assert app.settings().github_token == "ghp_from_ssm"
+    app.settings.cache_clear()
