@@ -21,10 +21,11 @@ import pytest
 
 from binderless.errors import BadLink, ProviderUnavailable, RefNotFound, SpecNotAllowed
 from binderless.providers import PROVIDERS
+from binderless.providers._archive import human_size, parse_doi, retry_minutes
 from binderless.providers.base import ResolvedRepo, not_found
 from binderless.providers.ckan import CkanProvider
 from binderless.providers.dataverse import DataverseProvider
-from binderless.providers.doi import DoiProvider, human_size, parse_doi, retry_minutes
+from binderless.providers.doi import DoiProvider
 from binderless.providers.figshare import FigshareProvider
 from binderless.providers.hydroshare import HydroshareProvider
 from binderless.providers.zenodo import ZenodoProvider

@@ -9,18 +9,21 @@ the persistent spec names the newest one, so a re-launch gets the same resources
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 import httpx
 
 from ..errors import BadLink, ProviderUnavailable, RefNotFound
+from ._archive import (
+    ArchiveBase,
+    RemoteFile,
+    download_record,
+    iso_epoch,
+)
 from .base import ResolvedRepo, not_found, slugify
-from .doi import DEFAULT_MAX_BYTES, ArchiveHttp, RemoteFile, download_record, iso_epoch
 
 __all__ = ["CkanProvider", "DatasetUrl"]
 
@@ -68,24 +71,14 @@ class DatasetUrl:
         return f"{self.api}package_show?{urlencode({'id': self.dataset})}"
 
 
-class CkanProvider:
+class CkanProvider(ArchiveBase):
     prefix = "ckan"
     display_name = "CKAN dataset"
     archive = "CKAN"
-
-    def __init__(self, client: httpx.Client, *, clock: Callable[[], float] = time.time,
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        self._http = ArchiveHttp(client, self.archive, clock)
-        self.max_bytes = max_bytes
-
-    def display_config(self) -> dict[str, Any]:
-        return {
-            "id": self.prefix,
-            "displayName": self.display_name,
-            "spec": {"validateRegex": r"[^/]+"},
-            "repo": {"label": "CKAN dataset URL", "placeholder": EXAMPLE, "urlEncode": True},
-            "ref": {"enabled": False},
-        }
+    repo_label = 'CKAN dataset URL'
+    placeholder = EXAMPLE
+    spec_regex = r"[^/]+"
+    url_encode = True
 
     def serves(self, url: str) -> bool:
         """A dataset page on a site that answers ``status_show``, as repo2docker checks."""

@@ -9,17 +9,20 @@ links carry no version.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-import httpx
-
 from ..errors import BadLink, ProviderUnavailable, RefNotFound
+from ._archive import (
+    ArchiveBase,
+    RemoteFile,
+    doi_target,
+    download_record,
+    parse_doi,
+)
 from .base import ResolvedRepo, not_found, slugify
-from .doi import DEFAULT_MAX_BYTES, ArchiveHttp, RemoteFile, doi_target, download_record, parse_doi
 
 __all__ = ["INSTALLATIONS", "DataverseProvider"]
 
@@ -42,26 +45,12 @@ DATASET_PAGES = ("/citation", "/dataset.xhtml")
 FILE_PAGES = ("/file.xhtml", "/api/access/datafile/")
 
 
-class DataverseProvider:
+class DataverseProvider(ArchiveBase):
     prefix = "dataverse"
     display_name = "Dataverse DOI"
     archive = "Dataverse"
-
-    def __init__(self, client: httpx.Client, *, clock: Callable[[], float] = time.time,
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        self._http = ArchiveHttp(client, self.archive, clock)
-        self._doi = ArchiveHttp(client, "doi.org", clock)
-        self.max_bytes = max_bytes
-
-    def display_config(self) -> dict[str, Any]:
-        return {
-            "id": self.prefix,
-            "displayName": self.display_name,
-            "spec": {"validateRegex": r"10\.\d+\/(.)+"},
-            "repo": {"label": "Dataverse DOI", "placeholder": f"example: {EXAMPLE}",
-                     "urlEncode": False},
-            "ref": {"enabled": False},
-        }
+    repo_label = 'Dataverse DOI'
+    placeholder = f"example: {EXAMPLE}"
 
     def serves(self, url: str) -> bool:
         parts = urlsplit(url)

@@ -8,17 +8,18 @@ newest version is asked of the Figshare API, as BinderHub does. The resolved ref
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
-
 from ..errors import BadLink, RefNotFound
+from ._archive import (
+    ArchiveBase,
+    RemoteFile,
+    download_record,
+    parse_doi,
+)
 from .base import ResolvedRepo, not_found, slugify
-from .doi import DEFAULT_MAX_BYTES, ArchiveHttp, RemoteFile, download_record, parse_doi
 
 __all__ = ["FigshareProvider"]
 
@@ -30,25 +31,12 @@ DOI_SUFFIX = re.compile(r"(?P<base>.+\.(?P<article>\d+))(?:\.v(?P<version>\d+))?
 ARTICLE_PATH = re.compile(r"/articles/(?:[^/]+/){1,2}(?P<article>\d+)(?:/(?P<version>\d+))?/?")
 
 
-class FigshareProvider:
+class FigshareProvider(ArchiveBase):
     prefix = "figshare"
     display_name = "FigShare DOI"
     archive = "Figshare"
-
-    def __init__(self, client: httpx.Client, *, clock: Callable[[], float] = time.time,
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        self._http = ArchiveHttp(client, self.archive, clock)
-        self.max_bytes = max_bytes
-
-    def display_config(self) -> dict[str, Any]:
-        return {
-            "id": self.prefix,
-            "displayName": self.display_name,
-            "spec": {"validateRegex": r"10\.\d+\/(.)+"},
-            "repo": {"label": "FigShare DOI", "placeholder": f"example: {EXAMPLE}",
-                     "urlEncode": False},
-            "ref": {"enabled": False},
-        }
+    repo_label = 'FigShare DOI'
+    placeholder = f"example: {EXAMPLE}"
 
     def serves(self, url: str) -> bool:
         parts = urlsplit(url)

@@ -10,17 +10,19 @@ repo2docker keeps them from the resource's bag.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-import httpx
-
 from ..errors import BadLink, ProviderUnavailable
+from ._archive import (
+    ArchiveBase,
+    RemoteFile,
+    download_record,
+    iso_epoch,
+)
 from .base import ResolvedRepo, not_found, slugify
-from .doi import DEFAULT_MAX_BYTES, ArchiveHttp, RemoteFile, download_record, iso_epoch
 
 __all__ = ["HydroshareProvider"]
 
@@ -39,25 +41,14 @@ def _https(url: str) -> str:
     return url
 
 
-class HydroshareProvider:
+class HydroshareProvider(ArchiveBase):
     prefix = "hydroshare"
     display_name = "Hydroshare resource"
     archive = "HydroShare"
-
-    def __init__(self, client: httpx.Client, *, clock: Callable[[], float] = time.time,
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        self._http = ArchiveHttp(client, self.archive, clock)
-        self.max_bytes = max_bytes
-
-    def display_config(self) -> dict[str, Any]:
-        return {
-            "id": self.prefix,
-            "displayName": self.display_name,
-            "spec": {"validateRegex": r"[^/]+"},
-            "repo": {"label": "Hydroshare resource id", "placeholder": f"example: {EXAMPLE}",
-                     "urlEncode": True},
-            "ref": {"enabled": False},
-        }
+    repo_label = 'Hydroshare resource id'
+    placeholder = f"example: {EXAMPLE}"
+    spec_regex = r"[^/]+"
+    url_encode = True
 
     def serves(self, url: str) -> bool:
         parts = urlsplit(url)

@@ -8,17 +8,19 @@ version, so the resolved ref is that record's id and the persistent spec its own
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
-
 from ..errors import BadLink
+from ._archive import (
+    ArchiveBase,
+    RemoteFile,
+    doi_target,
+    download_record,
+    parse_doi,
+)
 from .base import ResolvedRepo, not_found, slugify
-from .doi import DEFAULT_MAX_BYTES, ArchiveHttp, RemoteFile, doi_target, download_record, parse_doi
 
 __all__ = ["ZenodoProvider"]
 
@@ -33,26 +35,12 @@ RECORD_PATH = re.compile(r"/(?:api/)?(?:records?/|doi/.*zenodo\.)(\d+)/?")
 EXAMPLE = "10.5281/zenodo.3242074"
 
 
-class ZenodoProvider:
+class ZenodoProvider(ArchiveBase):
     prefix = "zenodo"
     display_name = "Zenodo DOI"
     archive = "Zenodo"
-
-    def __init__(self, client: httpx.Client, *, clock: Callable[[], float] = time.time,
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        self._http = ArchiveHttp(client, self.archive, clock)
-        self._doi = ArchiveHttp(client, "doi.org", clock)
-        self.max_bytes = max_bytes
-
-    def display_config(self) -> dict[str, Any]:
-        return {
-            "id": self.prefix,
-            "displayName": self.display_name,
-            "spec": {"validateRegex": r"10\.\d+\/(.)+"},
-            "repo": {"label": "Zenodo DOI", "placeholder": f"example: {EXAMPLE}",
-                     "urlEncode": False},
-            "ref": {"enabled": False},
-        }
+    repo_label = 'Zenodo DOI'
+    placeholder = f"example: {EXAMPLE}"
 
     @staticmethod
     def _locate(url: str) -> tuple[str, str, str] | None:
