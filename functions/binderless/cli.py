@@ -11,11 +11,14 @@ import signal
 import sys
 import webbrowser
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from . import __version__
 from .settings import load_settings
+
+if TYPE_CHECKING:
+    from .service import LaunchService
 
 __all__ = ["main"]
 
@@ -135,6 +138,21 @@ def _resolve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gateway_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "gateway",
+        help="run the AWS session gateway (the /build stream and the session proxy)",
+        description="The long-running process of the AWS mode: serves /build as an event stream "
+        "and proxies /user/<session>/ to Fargate tasks, with state in DynamoDB, builds in "
+        "CodeBuild and images in ECR. Configured by BINDERLESS_* variables that the "
+        "deployment sets (table, bucket, registry, subnets, roles); stateless, so several "
+        "copies can run behind the load balancer.",
+    )
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="binderless",
@@ -146,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_parser(sub)
     _launch_parser(sub)
     _resolve_parser(sub)
+    _gateway_parser(sub)
     return parser
 
 
@@ -153,11 +172,31 @@ def example_link() -> str:
     return f"/v2/git/{quote(str(EXAMPLE_DIR), safe='')}/HEAD?labpath=welcome.ipynb"
 
 
-async def _serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
+async def _gateway(args: argparse.Namespace) -> int:
+    from .aws.wiring import aws_service
 
+    try:
+        settings = load_settings(os.environ, mode="aws", host=args.host, port=args.port,
+                                 allow_local_paths=False)
+
+        def client(service: str) -> Any:
+            import boto3
+
+            if service == "s3":
+                from .aws.s3 import client_config
+
+                return boto3.client("s3", config=client_config())
+            return boto3.client(service)
+
+        service = aws_service(settings, client)
+    except ValueError as exc:
+        print(f"binderless gateway: {exc}", file=sys.stderr)
+        return 2
+    return await _run_server(service, demo=False)
+
+
+async def _serve(args: argparse.Namespace) -> int:
     from .local import local_service
-    from .server import create_app
 
     overrides = {k: getattr(args, k, None) for k in (
         "host", "port", "state_dir", "public_url", "builder", "spawner", "cull_idle_seconds",
@@ -177,6 +216,15 @@ async def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"binderless serve: {exc}", file=sys.stderr)
         return 2
+    return await _run_server(service, demo=args.demo)
+
+
+async def _run_server(service: LaunchService, *, demo: bool) -> int:
+    from aiohttp import web
+
+    from .server import create_app
+
+    settings = service.settings
     runner = web.AppRunner(create_app(service), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, shutdown_timeout=2.0)
@@ -194,17 +242,17 @@ async def _serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    demo: asyncio.Future[None] | None = None
-    if args.demo:
+    example: asyncio.Future[None] | None = None
+    if demo:
         link = base + example_link()
         print(f"Launching the bundled example; its link is:\n  {link}", flush=True)
-        demo = asyncio.ensure_future(asyncio.to_thread(_demo_launch, link))
+        example = asyncio.ensure_future(asyncio.to_thread(_demo_launch, link))
     await stop.wait()
     print("Stopping" + ("" if settings.keep_sessions_on_exit else " (and its sessions)") + "...",
           flush=True)
     await runner.cleanup()
-    if demo is not None and not demo.done():
-        demo.cancel()
+    if example is not None and not example.done():
+        example.cancel()
     return 0
 
 
@@ -228,6 +276,10 @@ def main(argv: list[str] | None = None) -> None:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         logging.getLogger("httpx").setLevel(logging.WARNING)
         sys.exit(asyncio.run(_serve(args)))
+    if args.command == "gateway":
+        logging.basicConfig(level=args.log_level.upper(),
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        sys.exit(asyncio.run(_gateway(args)))
     if args.command == "resolve":
         sys.exit(_resolve(args))
     if args.command == "launch":

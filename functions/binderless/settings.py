@@ -63,6 +63,21 @@ class Settings:
     allow_secret_gists: bool = False
 
     allow_local_paths: bool = True
+    # AWS mode: the resources the templates in infra/ create (names and ids)
+    aws_table: str = "binderless"
+    aws_bucket: str = ""
+    ecr_registry: str = ""
+    ecr_repository: str = "binderless-envs"
+    base_image: str = ""
+    codebuild_project: str = "binderless-build"
+    ecs_cluster: str = "binderless"
+    subnets: tuple[str, ...] = ()
+    security_groups: tuple[str, ...] = ()
+    execution_role_arn: str = ""
+    task_role_arn: str = ""
+    session_log_group: str = "/binderless/sessions"
+    session_cpu: int = 1024
+    session_memory: int = 4096
 
     @property
     def allow_local_repos(self) -> bool:
@@ -83,7 +98,7 @@ class Settings:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, "
                                  f"not {getattr(self, name)!r}")
-        if (self.builder == "docker") != (self.spawner == "docker"):
+        if self.mode == "local" and (self.builder == "docker") != (self.spawner == "docker"):
             raise ValueError("--builder docker and --spawner docker go together: docker images "
                              "run in containers, uv environments run as local processes")
         for name in ("banned_specs", "allowed_specs", "high_quota_specs", "spec_quotas"):
