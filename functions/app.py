@@ -90,3 +90,78 @@ def resolve() -> Response:
         logger.info("resolve refused", extra={"link": link, "reason": exc.message})
         return error_response(exc)
     return Response(body=result, status_code=200, headers=CORS)
+
+
+# ----- events and schedules: the repair path of the AWS mode ----------------------------
+# The session gateway drives each launch and polls CodeBuild and ECS itself, so a lost
+# event never stalls a launch; these handlers repair what a crashed gateway leaves behind.
+
+def aws_clients(service_name: str) -> Any:
+    import boto3
+
+    return boto3.client(service_name)
+
+
+@cache
+def launch_service() -> Any:
+    from binderless.aws.wiring import aws_service
+
+    return aws_service(settings(), aws_clients)
+
+
+def run_with_service(work: Any) -> Any:
+    import asyncio
+
+    service = launch_service()
+
+    async def run() -> Any:
+        await service.open()
+        try:
+            return await work(service)
+        finally:
+            await service.close()
+
+    return asyncio.run(run())
+
+
+@app.schedule("rate(1 minute)", name="reconcile")
+def reconcile(event: Any) -> dict[str, Any]:
+    """Cull idle and over-age sessions, stop what died, end launches whose gateway died."""
+    result = run_with_service(lambda service: service.reconcile())
+    logger.info("reconciled", extra=result)
+    return dict(result)
+
+
+@app.on_cw_event({"source": ["aws.ecs"], "detail-type": ["ECS Task State Change"],
+                  "detail": {"lastStatus": ["STOPPED"], "startedBy": ["binderless"]}},
+                 name="task_stopped")
+def task_stopped(event: Any) -> dict[str, Any]:
+    detail = event.detail
+    reason = f"task stopped: {detail.get('stoppedReason') or detail.get('stopCode', '')}"
+    session = run_with_service(
+        lambda service: service.stop_task_session(detail["taskArn"], reason))
+    logger.info("task stopped", extra={"task": detail["taskArn"], "session": session})
+    return {"session": session}
+
+
+@app.on_cw_event({"source": ["aws.codebuild"], "detail-type": ["CodeBuild Build State Change"],
+                  "detail": {"build-status": ["SUCCEEDED", "FAILED", "STOPPED", "TIMED_OUT",
+                                              "FAULT"]}},
+                 name="build_finished")
+def build_finished(event: Any) -> dict[str, Any]:
+    """Close the build claim even when the gateway that started the build is gone."""
+    detail = event.detail
+    environment = detail.get("additional-information", {}).get("environment", {})
+    variables = {v.get("name"): v.get("value", "")
+                 for v in environment.get("environment-variables", [])}
+    image = variables.get("IMAGE_URI", "")
+    key = image.rpartition(":")[2] if ":" in image else ""
+    if not key:
+        return {"key": None}
+    status = "built" if detail["build-status"] == "SUCCEEDED" else "failed"
+    service = launch_service()
+    claim = service.store.get_build(key)
+    if claim is not None and claim.status == "building":
+        service.store.finish_build(key, status, image if status == "built" else "")
+    logger.info("build finished", extra={"key": key, "status": status})
+    return {"key": key, "status": status}

@@ -223,9 +223,11 @@ async def _run_server(service: LaunchService, *, demo: bool) -> int:
     from aiohttp import web
 
     from .server import create_app
+    from .server.app import SITE_DIR
 
     settings = service.settings
-    runner = web.AppRunner(create_app(service), access_log=None, handle_signals=False)
+    site_dir = Path(settings.site_dir) if settings.site_dir else SITE_DIR
+    runner = web.AppRunner(create_app(service, site_dir), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, shutdown_timeout=2.0)
     try:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import httpx
 
 from .backends.localfetch import LocalFetcher
@@ -34,7 +37,8 @@ def _spawner(settings: Settings) -> Spawner:
     return LocalSpawner(settings)
 
 
-def local_service(settings: Settings, http_client: httpx.Client | None = None) -> LaunchService:
+def local_service(settings: Settings, http_client: httpx.Client | None = None, *,
+                  clock: Callable[[], float] = time.time) -> LaunchService:
     """The launch service with every local backend; creates no AWS client."""
     settings = load_secrets(settings, None)  # refuses ssm:/secretsmanager: references locally
     settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -46,8 +50,9 @@ def local_service(settings: Settings, http_client: httpx.Client | None = None) -
         providers=providers,
         store=SqliteStore(db),
         routes=SqliteRoutes(db),
-        events=SqliteEventLog(db),
+        events=SqliteEventLog(db, clock=clock),
         fetcher=LocalFetcher(settings.state_dir / "repos", archives=providers.get),
         builder=_builder(settings),
         spawner=_spawner(settings),
+        clock=clock,
     )

@@ -99,7 +99,15 @@ class LaunchService:
 
     async def open(self) -> None:
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-        await self.adopt()
+        if self.owns_state:
+            await self.adopt()
+
+    @property
+    def owns_state(self) -> bool:
+        """A local server owns its state dir: it adopts sessions after a restart and stops
+        them on exit. On AWS the state is shared by every gateway copy and Lambda; there the
+        reconciler, not a process's start or exit, decides what runs."""
+        return self.settings.mode == "local"
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -108,7 +116,7 @@ class LaunchService:
         for build in list(self._builds.values()):
             build.cancel()
         await asyncio.gather(*self._builds.values(), return_exceptions=True)
-        if not self.settings.keep_sessions_on_exit:
+        if self.owns_state and not self.settings.keep_sessions_on_exit:
             for record in self.store.sessions("starting", "running"):
                 await self.stop_session(record.session_id, reason="server stopped")
         if self._http is not None:
@@ -370,11 +378,12 @@ class LaunchService:
     def record_activity(self, session_id: str) -> None:
         self._activity[session_id] = self.clock()
 
-    async def stop_session(self, session_id: str, *, reason: str) -> None:
+    async def stop_session(self, session_id: str, *, reason: str,
+                           already_stopped: bool = False) -> None:
         """Stop a session's server and mark it stopped. Its files stay on disk."""
         record = self.store.get_session(session_id)
         handle = SessionHandle(record.session_id, record.target, record.backend_id)
-        if record.backend_id:
+        if record.backend_id and not already_stopped:
             await self.spawner.stop(handle)
         self.routes.remove(session_id)
         self.store.update_session(session_id, status="stopped", stopped_at=self.clock(),
@@ -451,10 +460,46 @@ class LaunchService:
             pass
         raise LaunchFailed("not answering")
 
+    async def reconcile(self, *, abandon_after: float = 900.0) -> dict[str, list[str]]:
+        """Repair what a crash or a lost event left behind; safe to run at any time, from
+        any process (the AWS mode runs it every minute).
+
+        - sessions whose server ended, sat idle, or grew too old are stopped (``cull``);
+        - launches with no event for ``abandon_after`` seconds (their gateway died) end
+          with a ``failed`` event, and whatever they started is stopped: no orphan.
+        """
+        culled = await self.cull()
+        abandoned = []
+        now = self.clock()
+        for launch_id in self.store.unfinished_launches():
+            if launch_id in self._phases:
+                continue  # this process is running it
+            launch = self.store.get_launch(launch_id) or {}
+            last = max(float(launch.get("created_at") or 0.0),
+                       self.events.last_event_at(launch_id) or 0.0)
+            if now - last < abandon_after:
+                continue
+            self._fail(launch_id, LaunchFailed(
+                "The server handling this launch stopped before it finished.",
+                hint="Launch the repository again."))
+            for record in self.store.sessions("starting", "running"):
+                if record.launch_id == launch_id:
+                    await self.stop_session(record.session_id, reason="launch abandoned")
+            abandoned.append(launch_id)
+        return {"culled": culled, "abandoned": abandoned}
+
+    async def stop_task_session(self, backend_id: str, reason: str) -> str | None:
+        """An ``ECS Task State Change`` (STOPPED) or a dead process: close its session."""
+        for record in self.store.sessions("starting", "running"):
+            if record.backend_id == backend_id:
+                await self.stop_session(record.session_id, reason=reason, already_stopped=True)
+                return record.session_id
+        return None
+
     async def run_culler(self) -> None:
         while True:
             await asyncio.sleep(self.settings.cull_interval_seconds)
             try:
-                await self.cull()
+                await self.reconcile()
             except Exception:
-                log.exception("culling failed; trying again later")
+                log.exception("reconciling failed; trying again later")

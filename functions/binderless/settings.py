@@ -28,6 +28,8 @@ class Settings:
     port: int = 8585
     state_dir: Path = Path(".state")
     public_url: str = ""
+    #: The launch pages; empty means the site/ folder of this source checkout.
+    site_dir: str = ""
     builder: Literal["uv", "docker"] = "uv"
     spawner: Literal["local", "docker"] = "local"
     # Sessions

@@ -84,3 +84,18 @@ def test_the_app_reads_provider_tokens_from_ssm(monkeypatch: pytest.MonkeyPatch)
                                           Type="SecureString")
         assert app.settings().github_token == "ghp_from_ssm"
     app.settings.cache_clear()
+
+
+def test_the_lambda_role_uses_the_explicit_policy(package: Path) -> None:
+    template = json.loads((package / "sam.json").read_text())
+    roles = [r for r in template["Resources"].values() if r["Type"] == "AWS::IAM::Role"]
+    assert roles
+    for role in roles:
+        for policy in role["Properties"].get("Policies", []):
+            for statement in policy["PolicyDocument"]["Statement"]:
+                actions = statement["Action"] if isinstance(statement["Action"], list) \
+                    else [statement["Action"]]
+                assert all(a != "*" and not a.endswith(":*") for a in actions), statement
+                resources = statement["Resource"] if isinstance(statement["Resource"], list) \
+                    else [statement["Resource"]]
+                assert "*" not in resources, statement

@@ -615,7 +615,7 @@ class DynamoState:
         return [(_int(item, "seq"), Event.from_json(json.loads(_str(item, "data"))))
                 for item in items]
 
-    def last_seq(self, stream: str) -> int:
+    def _newest_event(self, stream: str) -> Item | None:
         items = self._call(
             "query",
             KeyConditionExpression="pk = :p",
@@ -624,7 +624,15 @@ class DynamoState:
             Limit=1,
             ConsistentRead=True,
         ).get("Items", [])
-        return _int(items[0], "seq") if items else 0
+        return cast(Item, items[0]) if items else None
+
+    def last_seq(self, stream: str) -> int:
+        newest = self._newest_event(stream)
+        return _int(newest, "seq") if newest is not None else 0
+
+    def last_event_at(self, stream: str) -> float | None:
+        newest = self._newest_event(stream)
+        return _float(newest, "created_at") if newest is not None else None
 
     async def follow(
         self, stream: str, after: int = 0, *, tick: float = 20.0

@@ -206,6 +206,10 @@ class EventLog(Protocol):
 
     def read(self, stream: str, after: int = 0) -> list[tuple[int, Event]]: ...
 
+    def last_event_at(self, stream: str) -> float | None:
+        """When the newest event of ``stream`` was written (``None``: no event yet)."""
+        ...
+
     def follow(
         self, stream: str, after: int = 0, *, tick: float = 20.0
     ) -> AsyncIterator[tuple[int, Event] | None]:

@@ -300,6 +300,11 @@ class SqliteEventLog:
         )
         return [(int(r["seq"]), Event.from_json(json.loads(r["data"]))) for r in rows]
 
+    def last_event_at(self, stream: str) -> float | None:
+        rows = self.db.query("SELECT MAX(created_at) AS t FROM events WHERE stream = ?", (stream,))
+        value = rows[0]["t"]
+        return float(value) if value is not None else None
+
     def last_seq(self, stream: str) -> int:
         rows = self.db.query("SELECT COALESCE(MAX(seq), 0) AS n FROM events WHERE stream = ?", (stream,))
         return int(rows[0]["n"])

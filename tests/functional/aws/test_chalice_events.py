@@ -1,0 +1,84 @@
+"""The Chalice app's schedule and EventBridge handlers, invoked as Lambda would, on moto."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from chalice.test import Client
+
+from binderless.aws.dynamodb import DynamoState, table_definition
+from tests.functional.aws.test_dynamodb import session
+
+EVENTS = Path(__file__).resolve().parents[2] / "fixtures" / "events"
+TASK = "arn:aws:ecs:us-east-1:123456789012:task/binderless/0123456789abcdef0123456789abcdef"
+KEY = "0a1b2c3d4e5f60718293"
+
+AWS_SETTINGS = {
+    "BINDERLESS_MODE": "aws", "BINDERLESS_AWS_TABLE": "binderless",
+    "BINDERLESS_AWS_BUCKET": "binderless-test",
+    "BINDERLESS_ECR_REGISTRY": "123456789012.dkr.ecr.us-east-1.amazonaws.com",
+    "BINDERLESS_BASE_IMAGE": "123456789012.dkr.ecr.us-east-1.amazonaws.com/mirror:jammy",
+    "BINDERLESS_SUBNETS": "subnet-1", "BINDERLESS_SECURITY_GROUPS": "sg-1",
+    "BINDERLESS_EXECUTION_ROLE_ARN": "arn:aws:iam::123456789012:role/exec",
+    "BINDERLESS_TASK_ROLE_ARN": "arn:aws:iam::123456789012:role/task",
+}
+
+
+@pytest.fixture
+def chalice_app(moto: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]:
+    for name, value in AWS_SETTINGS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("BINDERLESS_STATE_DIR", str(tmp_path))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[3] / "functions"))
+    boto3.client("dynamodb").create_table(**table_definition("binderless"))
+    import app
+
+    app.settings.cache_clear()
+    app.launch_service.cache_clear()
+    yield app
+    app.settings.cache_clear()
+    app.launch_service.cache_clear()
+
+
+def event(client: Client, name: str) -> Any:
+    data = json.loads((EVENTS / name).read_text())
+    return client.events.generate_cw_event(source=data["source"], detail_type=data["detail-type"],
+                                           detail=data["detail"], resources=data["resources"])
+
+
+def test_a_stopped_task_closes_its_session(chalice_app: Any) -> None:
+    state = DynamoState(boto3.client("dynamodb"), "binderless")
+    record = session("s1", status="running")
+    state.add_session(record)
+    state.update_session("s1", backend_id=TASK)
+    with Client(chalice_app.app, stage_name="prod") as client:
+        answer = client.lambda_.invoke("task_stopped", event(client, "ecs-task-stopped.json"))
+    assert answer.payload == {"session": "s1"}
+    stopped = state.get_session("s1")
+    assert stopped.status == "stopped"
+    assert stopped.stop_reason == "task stopped: Essential container in task exited"
+
+
+def test_a_finished_build_closes_its_claim(chalice_app: Any) -> None:
+    state = DynamoState(boto3.client("dynamodb"), "binderless")
+    assert state.claim_build(KEY, "gateway-that-died", "build-stream", now=1.0).claimed
+    with Client(chalice_app.app, stage_name="prod") as client:
+        client.lambda_.invoke("build_finished", event(client, "codebuild-build-failed.json"))
+    claim = state.get_build(KEY)
+    assert claim is not None and claim.status == "failed"
+
+
+def test_the_schedule_reconciles(chalice_app: Any) -> None:
+    state = DynamoState(boto3.client("dynamodb"), "binderless")
+    state.create_launch("old", "gh", "org/repo/HEAD", now=1.0)  # silent since 1970
+    with Client(chalice_app.app, stage_name="prod") as client:
+        answer = client.lambda_.invoke("reconcile", client.events.generate_cw_event(
+            source="aws.events", detail_type="Scheduled Event", detail={}, resources=[]))
+    payload = answer.payload
+    assert payload == {"culled": [], "abandoned": ["old"]}
+    assert state.get_launch("old")["phase"] == "failed"  # type: ignore[index]
