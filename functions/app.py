@@ -165,3 +165,37 @@ def build_finished(event: Any) -> dict[str, Any]:
         service.store.finish_build(key, status, image if status == "built" else "")
     logger.info("build finished", extra={"key": key, "status": status})
     return {"key": key, "status": status}
+
+
+# ----- launches: status and events from the shared store --------------------------------
+
+@cache
+def state() -> Any:
+    from binderless.aws.dynamodb import DynamoState
+
+    return DynamoState(aws_clients("dynamodb"), settings().aws_table)
+
+
+@app.route("/api/launches/{launch_id}", cors=True)
+def launch_status(launch_id: str) -> Response:
+    launch = state().get_launch(launch_id)
+    if launch is None:
+        return Response(body={"message": f"There is no launch {launch_id}.", "status_code": 404},
+                        status_code=404, headers=CORS)
+    return Response(body={"launch_id": launch_id, **launch}, status_code=200, headers=CORS)
+
+
+@app.route("/api/launches/{launch_id}/events", cors=True)
+def launch_events(launch_id: str) -> Response:
+    """The launch's events after ``?after=N`` (the same events the /build stream sends)."""
+    params = app.current_request.query_params or {}
+    after = params.get("after", "0")
+    if not after.isdigit():
+        return Response(body={"message": "after must be a whole number.", "status_code": 400},
+                        status_code=400, headers=CORS)
+    if state().get_launch(launch_id) is None:
+        return Response(body={"message": f"There is no launch {launch_id}.", "status_code": 404},
+                        status_code=404, headers=CORS)
+    events = [{"id": f"{launch_id}:{seq}", **event.to_json()}
+              for seq, event in state().read(launch_id, int(after))]
+    return Response(body={"events": events}, status_code=200, headers=CORS)

@@ -82,3 +82,24 @@ def test_the_schedule_reconciles(chalice_app: Any) -> None:
     payload = answer.payload
     assert payload == {"culled": [], "abandoned": ["old"]}
     assert state.get_launch("old")["phase"] == "failed"  # type: ignore[index]
+
+
+def test_launch_status_and_events_from_the_shared_store(chalice_app: Any) -> None:
+    from binderless.events import Event
+    from binderless.phases import Phase
+
+    chalice_app.state.cache_clear()
+    store = DynamoState(boto3.client("dynamodb"), "binderless")
+    store.create_launch("l1", "gh", "org/repo/HEAD", now=5.0)
+    store.append("l1", Event(Phase.WAITING, "Resolving...\n"))
+    store.append("l1", Event(Phase.FETCHING, "Fetching...\n"))
+    with Client(chalice_app.app, stage_name="prod") as client:
+        status = client.http.get("/api/launches/l1")
+        later = client.http.get("/api/launches/l1/events?after=1")
+        missing = client.http.get("/api/launches/nope")
+        bad = client.http.get("/api/launches/l1/events?after=x")
+    assert status.status_code == 200 and status.json_body["spec"] == "org/repo/HEAD"
+    assert later.json_body == {"events": [{"id": "l1:2", "phase": "fetching",
+                                           "message": "Fetching...\n"}]}
+    assert missing.status_code == 404 and bad.status_code == 400
+    chalice_app.state.cache_clear()
