@@ -126,8 +126,9 @@ def run_with_service(work: Any) -> Any:
 
 @app.schedule("rate(1 minute)", name="reconcile")
 def reconcile(event: Any) -> dict[str, Any]:
-    """Cull idle and over-age sessions, stop what died, end launches whose gateway died."""
-    result = run_with_service(lambda service: service.reconcile())
+    """End launches whose gateway died, stopping what they started. Culling is the
+    gateways' job: they reach the sessions' servers, this function (outside the VPC) does not."""
+    result = run_with_service(lambda service: service.reconcile(cull=False))
     logger.info("reconciled", extra=result)
     return dict(result)
 
@@ -162,7 +163,17 @@ def build_finished(event: Any) -> dict[str, Any]:
     service = launch_service()
     claim = service.store.get_build(key)
     if claim is not None and claim.status == "building":
-        service.store.finish_build(key, status, image if status == "built" else "")
+        service.store.finish_build(key, status, image if status == "built" else "",
+                                   owner=claim.owner)
+        # Launches following this build's stream are released at once.
+        from binderless.errors import BuildFailed
+        from binderless.events import Event, event_from_error
+        from binderless.phases import Phase
+
+        service.events.append(claim.stream, Event(Phase.BUILT, "Built image.\n", {"imageName": image})
+                              if status == "built" else event_from_error(BuildFailed(
+                                  f"The build ended: {detail['build-status']}.",
+                                  hint="Launch the repository again.")))
     logger.info("build finished", extra={"key": key, "status": status})
     return {"key": key, "status": status}
 

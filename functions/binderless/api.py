@@ -20,8 +20,11 @@ def versions_document(settings: Settings) -> dict[str, Any]:
     """``/versions``: MyST detects a BinderHub by its ``binderhub`` key."""
     return {
         "binderhub": f"binderless-{__version__}",
-        "builder_info": {"binderless": __version__, "builder": settings.builder,
-                         "spawner": settings.spawner, "mode": settings.mode},
+        "builder_info": {
+            "binderless": __version__, "mode": settings.mode,
+            "builder": "codebuild" if settings.mode == "aws" else settings.builder,
+            "spawner": "fargate" if settings.mode == "aws" else settings.spawner,
+        },
     }
 
 

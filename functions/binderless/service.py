@@ -50,6 +50,7 @@ __all__ = ["LaunchRequest", "LaunchService"]
 log = logging.getLogger("binderless.service")
 
 PROBE_INTERVAL = 0.05
+ACTIVITY_FLUSH_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -376,7 +377,14 @@ class LaunchService:
         shutil.rmtree(self.sessions_dir / session_id, ignore_errors=True)
 
     def record_activity(self, session_id: str) -> None:
-        self._activity[session_id] = self.clock()
+        """Traffic through the proxy. Written to the store at most once a minute per session,
+        so that every process sharing the store (several gateways) sees the same activity."""
+        now = self.clock()
+        previous = self._activity.get(session_id, 0.0)
+        self._activity[session_id] = now
+        if now - previous >= ACTIVITY_FLUSH_SECONDS:
+            with contextlib.suppress(BinderlessError):
+                self.store.update_session(session_id, last_activity=now)
 
     async def stop_session(self, session_id: str, *, reason: str,
                            already_stopped: bool = False) -> None:
@@ -460,15 +468,21 @@ class LaunchService:
             pass
         raise LaunchFailed("not answering")
 
-    async def reconcile(self, *, abandon_after: float = 900.0) -> dict[str, list[str]]:
+    async def reconcile(self, *, cull: bool = True,
+                        abandon_after: float | None = None) -> dict[str, list[str]]:
         """Repair what a crash or a lost event left behind; safe to run at any time, from
-        any process (the AWS mode runs it every minute).
+        any process sharing the store (each gateway, and the AWS mode's schedule).
 
-        - sessions whose server ended, sat idle, or grew too old are stopped (``cull``);
+        - with ``cull``, sessions whose server ended, sat idle, or grew too old are stopped
+          (a process that cannot reach the sessions' servers, like the Lambda, passes False);
         - launches with no event for ``abandon_after`` seconds (their gateway died) end
-          with a ``failed`` event, and whatever they started is stopped: no orphan.
+          with a ``failed`` event, and whatever they started is stopped: no orphan. The
+          default outlasts the quietest live launch: a build it follows, then the start.
         """
-        culled = await self.cull()
+        if abandon_after is None:
+            abandon_after = (self.settings.build_timeout_seconds
+                             + self.settings.ready_timeout_seconds + 900.0)
+        culled = await self.cull() if cull else []
         abandoned = []
         now = self.clock()
         for launch_id in self.store.unfinished_launches():

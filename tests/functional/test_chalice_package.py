@@ -21,6 +21,13 @@ for name in [m for m in sys.modules if m == "binderless" or m.startswith("binder
     del sys.modules[name]
 import app, binderless
 assert binderless.__file__.startswith(unpacked), binderless.__file__
+# What the event handlers import must come from the package too, not from this environment.
+for name in [m for m in sys.modules if m.split(".")[0] in ("aiohttp", "httpx", "yaml")]:
+    del sys.modules[name]
+sys.path[:] = [unpacked] + [p for p in sys.path if "site-packages" not in p or "chalice" in p]
+import binderless.service, aiohttp, httpx, yaml
+for module in (aiohttp, httpx, yaml):
+    assert module.__file__.startswith(unpacked), module.__file__
 with Client(app.app) as client:
     versions = client.http.get("/versions")
     providers = client.http.get("/api/repoproviders")
@@ -51,6 +58,7 @@ def test_chalice_package_writes_a_template_and_a_zip(package: Path) -> None:
     assert "app.py" in names and "binderless/service.py" in names
     assert any(n.startswith("aws_lambda_powertools/") for n in names)
     assert any(n.startswith("httpx/") for n in names)
+    assert any(n.startswith("aiohttp/") for n in names)
 
 
 def test_the_packaged_app_imports_and_answers(package: Path, tmp_path: Path) -> None:

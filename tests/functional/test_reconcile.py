@@ -88,3 +88,20 @@ def test_a_stopped_task_event_closes_its_session(tmp_path: Path) -> None:
     assert asyncio.run(svc.stop_task_session("arn:aws:ecs:task/abc", "task stopped")) == "s1"
     assert svc.store.get_session("s1").stop_reason == "task stopped"
     assert asyncio.run(svc.stop_task_session("arn:aws:ecs:task/unknown", "task stopped")) is None
+
+
+def test_proxy_activity_reaches_the_shared_store_at_most_once_a_minute(tmp_path: Path) -> None:
+    """Several gateways share the store: a session busy through one must look busy to all."""
+    clock, spawner = Clock(), RecordingSpawner()
+    svc = service(tmp_path, clock, spawner)
+    svc.store.add_session(session("s1", "l1", "task", clock.now))
+    clock.now += 100
+    svc.record_activity("s1")
+    assert svc.store.get_session("s1").last_activity == clock.now
+    flushed = clock.now
+    clock.now += 30
+    svc.record_activity("s1")  # within the minute: memory only
+    assert svc.store.get_session("s1").last_activity == flushed
+    clock.now += 31
+    svc.record_activity("s1")
+    assert svc.store.get_session("s1").last_activity == clock.now

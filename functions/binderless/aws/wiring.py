@@ -2,16 +2,18 @@
 
 The session gateway runs this service behind the load balancer; several copies
 share the DynamoDB state (build claims keep one build per environment). Clients
-come from ``client_factory(service_name)`` so tests pass moto-backed ones.
+come from ``client_factory(service_name)`` so tests pass moto-backed ones, and
+``overrides`` lets a test replace what an AWS emulator cannot do (run a build, run a task).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from ..backends.localfetch import LocalFetcher
-from ..providers import ProviderRegistry
+from ..providers import ProviderRegistry, RepoProvider
 from ..service import LaunchService
 from ..settings import Settings
 from ..tokens import load_secrets
@@ -25,7 +27,7 @@ from .logs import LogReader
 from .s3 import S3Objects
 from .spawner import FargateSpawner
 
-__all__ = ["REQUIRED", "aws_service"]
+__all__ = ["REQUIRED", "Overrides", "aws_service"]
 
 ClientFactory = Callable[[str], Any]
 
@@ -34,30 +36,66 @@ REQUIRED = ("aws_bucket", "ecr_registry", "base_image", "execution_role_arn", "t
             "subnets", "security_groups")
 
 
-def aws_service(settings: Settings, client_factory: ClientFactory) -> LaunchService:
+class ProjectFactory(Protocol):
+    """Makes the CodeBuild project adapter (``CodeBuildProject`` itself fits)."""
+
+    def __call__(self, client: Any, project_name: str, /) -> CodeBuildProject: ...
+
+
+class TasksFactory(Protocol):
+    """Makes the ECS tasks adapter (``FargateTasks`` itself fits)."""
+
+    def __call__(self, client: Any, /, *, cluster: str, subnets: Sequence[str],
+                 security_groups: Sequence[str], execution_role_arn: str, task_role_arn: str,
+                 log_group: str) -> FargateTasks: ...
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Seams for running the AWS mode without AWS (a deployment sets none of these).
+
+    ``project`` and ``tasks`` make the CodeBuild and ECS adapters (subclasses that do the
+    work locally, for an emulator that cannot build or run anything); ``providers``
+    replace repository providers by prefix; ``poll_interval`` (seconds) replaces the
+    adapters' pauses between two looks at a build, a task and the shared state.
+    """
+
+    project: ProjectFactory = CodeBuildProject
+    tasks: TasksFactory = FargateTasks
+    providers: Mapping[str, RepoProvider] = field(default_factory=dict)
+    poll_interval: float | None = None
+
+
+def aws_service(settings: Settings, client_factory: ClientFactory,
+                overrides: Overrides | None = None) -> LaunchService:
     """The launch service of a session gateway. Raises ``ValueError`` naming missing settings."""
     missing = [name for name in REQUIRED if not getattr(settings, name)]
     if missing:
         raise ValueError("the AWS mode needs " + ", ".join(
             f"BINDERLESS_{name.upper()}" for name in missing) + " (the deployment sets them)")
+    seams = overrides or Overrides()
     settings = load_secrets(settings, client_factory)
     state = DynamoState(client_factory("dynamodb"), settings.aws_table)
-    providers = ProviderRegistry(settings, guarded_client(UrlGuard(enforce=True)))
+    providers = ProviderRegistry(settings, guarded_client(UrlGuard(enforce=True)),
+                                 overrides=seams.providers)
     logs = LogReader(client_factory("logs"))
     objects = S3Objects(client_factory("s3"), settings.aws_bucket)
     builder = CodeBuildBuilder(
         registry=EcrRegistry(client_factory("ecr"), registry_uri=settings.ecr_registry,
                              repository=settings.ecr_repository),
-        sources=objects, project=CodeBuildProject(client_factory("codebuild"),
-                                                  settings.codebuild_project),
+        sources=objects, project=seams.project(client_factory("codebuild"),
+                                               settings.codebuild_project),
         logs=logs, base_image=settings.base_image, timeout=settings.build_timeout_seconds)
-    tasks = FargateTasks(client_factory("ecs"), cluster=settings.ecs_cluster,
-                         subnets=settings.subnets, security_groups=settings.security_groups,
-                         execution_role_arn=settings.execution_role_arn,
-                         task_role_arn=settings.task_role_arn,
-                         log_group=settings.session_log_group)
+    tasks = seams.tasks(client_factory("ecs"), cluster=settings.ecs_cluster,
+                        subnets=settings.subnets, security_groups=settings.security_groups,
+                        execution_role_arn=settings.execution_role_arn,
+                        task_role_arn=settings.task_role_arn,
+                        log_group=settings.session_log_group)
     spawner = FargateSpawner(tasks, objects, logs, cpu=settings.session_cpu,
                              memory=settings.session_memory)
+    if seams.poll_interval is not None:
+        state.poll_interval = builder.poll_interval = seams.poll_interval
+        spawner.poll_interval = seams.poll_interval
     return LaunchService(
         settings, providers=providers, store=state, routes=state, events=state,
         fetcher=LocalFetcher(settings.state_dir / "repos", archives=providers.get),

@@ -71,17 +71,23 @@ def test_a_finished_build_closes_its_claim(chalice_app: Any) -> None:
         client.lambda_.invoke("build_finished", event(client, "codebuild-build-failed.json"))
     claim = state.get_build(KEY)
     assert claim is not None and claim.status == "failed"
+    final = state.read("build-stream")[-1][1]
+    assert final.phase is not None and final.phase.value == "failed"
+    assert "FAILED" in final.message
 
 
 def test_the_schedule_reconciles(chalice_app: Any) -> None:
     state = DynamoState(boto3.client("dynamodb"), "binderless")
     state.create_launch("old", "gh", "org/repo/HEAD", now=1.0)  # silent since 1970
+    running = session("s-live", status="running")
+    state.add_session(running)  # idle for decades: but culling is the gateways' job
     with Client(chalice_app.app, stage_name="prod") as client:
         answer = client.lambda_.invoke("reconcile", client.events.generate_cw_event(
             source="aws.events", detail_type="Scheduled Event", detail={}, resources=[]))
     payload = answer.payload
     assert payload == {"culled": [], "abandoned": ["old"]}
     assert state.get_launch("old")["phase"] == "failed"  # type: ignore[index]
+    assert state.get_session("s-live").status == "running"
 
 
 def test_launch_status_and_events_from_the_shared_store(chalice_app: Any) -> None:
