@@ -94,6 +94,7 @@ class LaunchService:
         self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._activity: dict[str, float] = {}
         self._launch_sessions: dict[str, str] = {}
+        self._activity_written: dict[str, float] = {}
         self._http: aiohttp.ClientSession | None = None
 
     # ----- lifecycle -------------------------------------------------------------------
@@ -380,9 +381,9 @@ class LaunchService:
         """Traffic through the proxy. Written to the store at most once a minute per session,
         so that every process sharing the store (several gateways) sees the same activity."""
         now = self.clock()
-        previous = self._activity.get(session_id, 0.0)
         self._activity[session_id] = now
-        if now - previous >= ACTIVITY_FLUSH_SECONDS:
+        if now - self._activity_written.get(session_id, 0.0) >= ACTIVITY_FLUSH_SECONDS:
+            self._activity_written[session_id] = now
             with contextlib.suppress(BinderlessError):
                 self.store.update_session(session_id, last_activity=now)
 
@@ -397,6 +398,7 @@ class LaunchService:
         self.store.update_session(session_id, status="stopped", stopped_at=self.clock(),
                                   stop_reason=reason)
         self._activity.pop(session_id, None)
+        self._activity_written.pop(session_id, None)
         log.info("session %s stopped: %s", session_id, reason)
 
     async def _jupyter_activity(self, record: SessionRecord) -> float:
