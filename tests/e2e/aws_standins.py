@@ -395,19 +395,11 @@ class _LocalTask:
                              stopped_reason=self.stopped_reason, exit_code=self.exit_code)
 
     def running(self) -> bool:
-        """Whether a process of this task (or of its process group) is still alive."""
+        """Whether a process of this task (its process group: kernels too) is alive."""
         proc = self.proc
         if proc is None:
             return False
-        if proc.poll() is None:
-            return True
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return proc.poll() is None or _group_alive(proc.pid)
 
     def arguments(self, image: LocalImage) -> list[str]:
         command = [f"--ip={self.ip}" if arg == "--ip=0.0.0.0" else arg for arg in self.command]
@@ -483,6 +475,20 @@ class _LocalTask:
             _kill_group(proc, signal.SIGKILL)
             proc.wait()
         self.thread.join(10)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of the group ``pgid`` lives (zombies do not count)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
 
 
 def _kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:

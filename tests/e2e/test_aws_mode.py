@@ -16,10 +16,11 @@ import concurrent.futures
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 import httpx
@@ -31,6 +32,7 @@ from moto.server import ThreadedMotoServer
 from binderless.aws.dynamodb import DynamoState, table_definition
 from binderless.aws.s3 import client_config
 from binderless.aws.wiring import Overrides, aws_service
+from binderless.backends.protocols import SessionRecord
 from binderless.errors import SessionNotFound
 from binderless.providers.git import GitProvider
 from binderless.service import LaunchService
@@ -44,6 +46,7 @@ from tests.functional.inprocess import serve_in_thread
 pytestmark = pytest.mark.e2e
 
 MakeRepo = Callable[[str], Path]
+T = TypeVar("T")
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's
@@ -249,6 +252,19 @@ def launch_id(stream: Stream) -> str:
     return stream.ids[-1].split(":", 1)[0]
 
 
+def eventually(check: Callable[[], T], timeout: float = 15.0) -> T:
+    """``check()``'s result once it no longer fails: a launch's clean-up ends just after
+    its ``failed`` event."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def builds() -> int:
     return LocalCodeBuildProject.builds_started
 
@@ -415,11 +431,15 @@ def test_task_that_stops_before_it_is_ready_fails_the_launch_and_leaves_nothing(
     assert len(failed) == 1 and stream.final is failed[0], stream.text()
     assert "stopped before" in failed[0]["message"], failed[0]["message"]
     assert "launching" in stream.phases  # the task was started, then it stopped
-    # The session was recorded, then stopped; its route is gone.
-    sessions = [r for r in gateway.state.sessions("stopped")
-                if r.launch_id == launch_id(stream)]
-    assert len(sessions) == 1 and sessions[0].stop_reason == "launch failed"
-    sid = sessions[0].session_id
+    # The session was recorded, then stopped (just after the failed event); its route is
+    # gone.
+    def stopped_session() -> SessionRecord:
+        sessions = [r for r in gateway.state.sessions("stopped")
+                    if r.launch_id == launch_id(stream)]
+        assert len(sessions) == 1 and sessions[0].stop_reason == "launch failed"
+        return sessions[0]
+
+    sid = eventually(stopped_session).session_id
     with pytest.raises(SessionNotFound):
         gateway.state.lookup(sid)
     assert httpx.get(f"{gateway.base}/user/{sid}/api/status").status_code == 404
@@ -428,4 +448,4 @@ def test_task_that_stops_before_it_is_ready_fails_the_launch_and_leaves_nothing(
     assert task.state().last_status == "STOPPED" and task.state().exit_code == 1
     described = gateway.aws("ecs").describe_tasks(cluster=CLUSTER, tasks=[task.arn])["tasks"]
     assert described[0]["desiredStatus"] == "STOPPED"
-    gateway.assert_no_orphans()
+    eventually(gateway.assert_no_orphans)
