@@ -419,7 +419,12 @@ class _LocalTask:
         }
         if image.start:
             env["R2D_ENTRYPOINT"] = str(self.home / image.start)
-        return {**env, **self.environment}
+        env.update(self.environment)
+        # The task names its start script by its path in the container; here $HOME is local.
+        entrypoint = env.get("R2D_ENTRYPOINT", "")
+        if entrypoint.startswith("/home/jovyan/"):
+            env["R2D_ENTRYPOINT"] = str(self.home / entrypoint.removeprefix("/home/jovyan/"))
+        return env
 
     def _finish(self, reason: str, exit_code: int | None = None) -> None:
         with self._lock:

@@ -372,6 +372,20 @@ def test_second_launch_finds_the_image_and_runs_the_new_checkout(
     assert readme["content"] == "# changed after the image was built\n"
 
 
+def test_each_session_runs_its_own_start_script_on_a_shared_image(
+        gateway: Gateway, fixture_repo: MakeRepo) -> None:
+    """python-requirements and start-script have the same environment files, so they share
+    one image; only the second has a start script, and only its sessions may run it."""
+    plain = read_stream(gateway.build_url(file_spec(fixture_repo("python-requirements"))),
+                        timeout=120).final
+    with_start = read_stream(gateway.build_url(file_spec(fixture_repo("start-script"))),
+                             timeout=120).final
+    assert plain["image"] == with_start["image"]
+    code = "import os; print(os.environ.get('FROM_START_SCRIPT'))"
+    assert run_code(with_start["url"], with_start["token"], code) == "yes\n"
+    assert run_code(plain["url"], plain["token"], code) == "None\n"
+
+
 def test_simultaneous_launches_of_a_new_environment_share_one_build(
         gateway: Gateway, fixture_repo: MakeRepo) -> None:
     url = gateway.build_url(file_spec(fixture_repo("postbuild")))

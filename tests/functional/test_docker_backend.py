@@ -216,10 +216,13 @@ def test_spawner_runs_stops_and_watches_a_container(
     assert option_values(run, "--label") == [f"binderless.session={spec.session_id}"]
     assert option_values(run, "-v") == [f"{spec.home}:/home/jovyan"]
     # The token travels in the environment, never on a command line.
-    assert sorted(option_values(run, "-e")) == sorted([*spec.environment, "JUPYTER_TOKEN"])
+    assert sorted(option_values(run, "-e")) == sorted([*spec.environment, "JUPYTER_TOKEN",
+                                                       "R2D_ENTRYPOINT"])
     assert not any(TOKEN in arg for call in engine.calls() for arg in call)
     container = engine.containers()[container_id]
-    assert container["env"] == {**spec.environment, "JUPYTER_TOKEN": TOKEN}
+    entrypoint = f"/home/jovyan/{spec.start_script}" if spec.start_script else ""
+    assert container["env"] == {**spec.environment, "JUPYTER_TOKEN": TOKEN,
+                                "R2D_ENTRYPOINT": entrypoint}
     # The image's entrypoint runs Jupyter; nothing wraps the command.
     command = run[run.index(spec.image.location) + 1:]
     assert command[:2] == ["jupyter", "lab"]

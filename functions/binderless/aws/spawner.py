@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from ..backends.docker import CONTAINER_PORT, jupyter_arguments
+from ..backends.docker import CONTAINER_PORT, jupyter_arguments, start_script_env
 from ..backends.protocols import LogSink, SessionHandle, SessionSpec
 from ..errors import BinderlessError, LaunchFailed
 from .ecs import FargateTasks, TaskState, task_family
@@ -118,7 +118,7 @@ class FargateSpawner:
     def environment(self, spec: SessionSpec, checkout_url: str) -> dict[str, str]:
         """The task's environment: the ``BINDER_*`` variables, the token, the checkout."""
         return {**spec.environment, "JUPYTER_TOKEN": spec.token,
-                "BINDERLESS_CHECKOUT_URL": checkout_url}
+                "BINDERLESS_CHECKOUT_URL": checkout_url, **start_script_env(spec)}
 
     async def start(self, spec: SessionSpec, log_line: LogSink) -> SessionHandle:
         if spec.image.location.startswith("/"):

@@ -280,6 +280,15 @@ def _host_port(answer: str) -> int | None:
     return None
 
 
+def start_script_env(spec: SessionSpec) -> dict[str, str]:
+    """``R2D_ENTRYPOINT`` for this session's own ``start`` script, or empty for none.
+
+    Images are shared by every commit with the same environment files, while repo2docker
+    bakes in the start script of the commit it built: each session names its own (an
+    empty value makes repo2docker's entrypoint skip the baked-in one)."""
+    return {"R2D_ENTRYPOINT": f"{CONTAINER_HOME}/{spec.start_script}" if spec.start_script else ""}
+
+
 class DockerSpawner:
     """Runs each session in its own container of the environment's repo2docker image."""
 
@@ -305,7 +314,7 @@ class DockerSpawner:
 
     @staticmethod
     def _container_env(spec: SessionSpec) -> dict[str, str]:
-        return {**spec.environment, "JUPYTER_TOKEN": spec.token}
+        return {**spec.environment, "JUPYTER_TOKEN": spec.token, **start_script_env(spec)}
 
     async def _docker(self, args: Sequence[str], *, timeout: float | None = None,
                       env: Mapping[str, str] | None = None) -> _Output:

@@ -486,7 +486,9 @@ def test_spawner_starts_a_task_and_returns_its_address(aws: Aws, tmp_path: Path)
                                     include=["TAGS"])["tasks"]
     env = env_of(task["overrides"])
     url = env.pop("BINDERLESS_CHECKOUT_URL")
-    assert env == {"JUPYTER_TOKEN": spec.token, **spec.environment}
+    # The session names its own start script (images are shared across commits).
+    entrypoint = f"/home/jovyan/{spec.start_script}" if spec.start_script else ""
+    assert env == {"JUPYTER_TOKEN": spec.token, "R2D_ENTRYPOINT": entrypoint, **spec.environment}
     assert url.startswith(f"https://{BUCKET}.s3.amazonaws.com/checkouts/{spec.session_id}.tar.gz?")
     command = task["overrides"]["containerOverrides"][0]["command"]
     assert command == jupyter_arguments(spec)  # the docker spawner's command line
