@@ -112,6 +112,10 @@ def moto_server() -> Iterator[Moto]:
 
 @pytest.fixture(scope="module")
 def deployment(moto_server: Moto) -> Deployment:
+    return create_deployment(moto_server)
+
+
+def create_deployment(moto_server: Moto) -> Deployment:
     """What ``infra/`` creates: table, bucket, registry, network, cluster, roles, logs,
     and the CodeBuild project."""
     aws = moto_server.client
