@@ -6,7 +6,7 @@ Runs the AWS configuration against moto_server on 127.0.0.1 with the test suite'
 stand-ins for what moto cannot do (run the CodeBuild build, run the Fargate task as a
 local process), builds the environment once, then counts every API call the gateway's
 own clients make during a second launch of the same repository, by service and operation.
-Polls are counted as they happen, at the test poll interval (0.1 s): ``DescribeTasks``
+Polls are counted as they happen, at the production poll intervals: ``DescribeTasks``
 while the task starts and ``Query`` while the gateway follows the launch's event stream
 in DynamoDB. Prints the total and its ratio to the target.
 """
@@ -79,7 +79,9 @@ def main() -> None:
                                           workdir=tmp / "tasks", **kwargs))
             return made[-1]
 
-        overrides = Overrides(project=project, tasks=tasks, poll_interval=e2e.POLL, providers={
+        # The production poll intervals (no poll_interval override): the counts of the
+        # polling calls depend on them.
+        overrides = Overrides(project=project, tasks=tasks, providers={
             "git": GitProvider(allow_local=True, guard=UrlGuard(enforce=False))})
         service = aws_service(e2e.gateway_settings(deployment, tmp / "gateway"), gateway_client,
                               overrides)

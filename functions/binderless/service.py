@@ -50,6 +50,9 @@ __all__ = ["LaunchRequest", "LaunchService"]
 log = logging.getLogger("binderless.service")
 
 PROBE_INTERVAL = 0.05
+#: How often the readiness probe asks the spawner whether the server still runs (on AWS
+#: each question is an API call; the HTTP probe itself runs every PROBE_INTERVAL).
+ALIVE_INTERVAL = 1.0
 ACTIVITY_FLUSH_SECONDS = 60.0
 
 
@@ -346,6 +349,7 @@ class LaunchService:
         url = f"{handle.target}{base_url}api/status"
         headers = {"Authorization": f"token {token}"}
         deadline = time.monotonic() + self.settings.ready_timeout_seconds
+        next_alive_check = time.monotonic() + ALIVE_INTERVAL
         while time.monotonic() < deadline:
             try:
                 async with self.http.get(url, headers=headers,
@@ -354,6 +358,10 @@ class LaunchService:
                         return
             except (aiohttp.ClientError, TimeoutError):
                 pass
+            if time.monotonic() < next_alive_check:
+                await asyncio.sleep(PROBE_INTERVAL)
+                continue
+            next_alive_check = time.monotonic() + ALIVE_INTERVAL
             if not await self.spawner.alive(handle):
                 tail = await self.spawner.tail(handle)
                 raise LaunchFailed(

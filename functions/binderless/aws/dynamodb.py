@@ -42,6 +42,7 @@ Errors of the AWS SDK become ``StateUnavailable`` (``raise ... from exc``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -261,7 +262,7 @@ class DynamoState:
         table_name: str,
         *,
         clock: Callable[[], float] = time.time,
-        poll_interval: float = 0.5,
+        poll_interval: float = 2.0,
         finished_ttl: float = 7 * 86400,
     ) -> None:
         self.client = client
@@ -273,6 +274,9 @@ class DynamoState:
         # following one first and asks the table only when another writer got there first.
         self._last_seq: dict[str, int] = {}
         self._seq_lock = threading.Lock()
+        # Followers in this process wake at once when this process appends to their stream;
+        # events other processes write are found by polling.
+        self._wakeups: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
 
     # ----- calls -----------------------------------------------------------------------
 
@@ -560,6 +564,7 @@ class DynamoState:
                 seq = self.last_seq(stream) + 1
                 continue
             self._remember(stream, seq, final)
+            self._wake(stream)
             if final:
                 self._expire_stream(stream, int(item[TTL_ATTRIBUTE]["N"]))
             return seq
@@ -634,13 +639,25 @@ class DynamoState:
         newest = self._newest_event(stream)
         return _float(newest, "created_at") if newest is not None else None
 
+    def _wake(self, stream: str) -> None:
+        with self._seq_lock:
+            waiters = self._wakeups.pop(stream, [])
+        for loop, waiter in waiters:
+            loop.call_soon_threadsafe(waiter.set)
+
     async def follow(
         self, stream: str, after: int = 0, *, tick: float = 20.0
     ) -> AsyncIterator[tuple[int, Event] | None]:
-        """Poll the stream every ``poll_interval`` seconds (the table cannot notify)."""
+        """Read the stream when this process appends to it, and poll every ``poll_interval``
+        seconds for what other processes append (the table cannot notify)."""
         loop = asyncio.get_running_loop()
         quiet_since = loop.time()
+        waiter = asyncio.Event()
         while True:
+            if waiter.is_set() or not any(w is waiter for _l, w in self._wakeups.get(stream, [])):
+                waiter = asyncio.Event()
+                with self._seq_lock:
+                    self._wakeups.setdefault(stream, []).append((loop, waiter))
             items = await asyncio.to_thread(self.read, stream, after)
             for seq, event in items:
                 after = seq
@@ -650,12 +667,13 @@ class DynamoState:
             now = loop.time()
             if items:
                 quiet_since = now
-                continue
-            if now - quiet_since >= tick:
+            elif now - quiet_since >= tick:
                 quiet_since = now
                 yield None
                 continue
-            await asyncio.sleep(min(self.poll_interval, quiet_since + tick - now))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter.wait(),
+                                       timeout=min(self.poll_interval, quiet_since + tick - now))
 
     # ----- BuildClaims -----------------------------------------------------------------
 
