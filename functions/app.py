@@ -11,7 +11,8 @@ import os
 from functools import cache
 from typing import Any
 
-from aws_lambda_powertools import Logger
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
 from chalice import Chalice, Response
 
 from binderless.api import health_document, repoproviders_document, versions_document
@@ -20,6 +21,12 @@ from binderless.settings import Settings, load_settings
 
 app = Chalice(app_name="binderless")
 logger = Logger(service="binderless")
+# CloudWatch embedded metric format: printed with the logs, no API call from the function.
+metrics = Metrics(namespace="binderless", service="binderless")
+
+
+def count(name: str, value: int = 1) -> None:
+    metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
 CORS = {"Access-Control-Allow-Origin": "*"}
 
 
@@ -130,6 +137,8 @@ def reconcile(event: Any) -> dict[str, Any]:
     gateways' job: they reach the sessions' servers, this function (outside the VPC) does not."""
     result = run_with_service(lambda service: service.reconcile(cull=False))
     logger.info("reconciled", extra=result)
+    count("LaunchesAbandoned", len(result["abandoned"]))
+    metrics.flush_metrics()
     return dict(result)
 
 
@@ -142,6 +151,8 @@ def task_stopped(event: Any) -> dict[str, Any]:
     session = run_with_service(
         lambda service: service.stop_task_session(detail["taskArn"], reason))
     logger.info("task stopped", extra={"task": detail["taskArn"], "session": session})
+    count("SessionsEndedByTask", 1 if session else 0)
+    metrics.flush_metrics()
     return {"session": session}
 
 
@@ -175,6 +186,8 @@ def build_finished(event: Any) -> dict[str, Any]:
                                   f"The build ended: {detail['build-status']}.",
                                   hint="Launch the repository again.")))
     logger.info("build finished", extra={"key": key, "status": status})
+    count("BuildsSucceeded" if status == "built" else "BuildsFailed")
+    metrics.flush_metrics()
     return {"key": key, "status": status}
 
 

@@ -64,7 +64,19 @@ def test_a_stopped_task_closes_its_session(chalice_app: Any) -> None:
     assert stopped.stop_reason == "task stopped: Essential container in task exited"
 
 
-def test_a_finished_build_closes_its_claim(chalice_app: Any) -> None:
+def emitted_metrics(output: str) -> dict[str, Any]:
+    """The metric values in the embedded-metric-format lines a handler printed."""
+    found: dict[str, Any] = {}
+    for line in output.splitlines():
+        if line.startswith("{") and '"_aws"' in line:
+            record = json.loads(line)
+            for metric in record["_aws"]["CloudWatchMetrics"][0]["Metrics"]:
+                found[metric["Name"]] = record[metric["Name"]]
+    return found
+
+
+def test_a_finished_build_closes_its_claim(chalice_app: Any,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
     state = DynamoState(boto3.client("dynamodb"), "binderless")
     assert state.claim_build(KEY, "gateway-that-died", "build-stream", now=1.0).claimed
     with Client(chalice_app.app, stage_name="prod") as client:
@@ -74,9 +86,10 @@ def test_a_finished_build_closes_its_claim(chalice_app: Any) -> None:
     final = state.read("build-stream")[-1][1]
     assert final.phase is not None and final.phase.value == "failed"
     assert "FAILED" in final.message
+    assert emitted_metrics(capsys.readouterr().out) == {"BuildsFailed": [1.0]}
 
 
-def test_the_schedule_reconciles(chalice_app: Any) -> None:
+def test_the_schedule_reconciles(chalice_app: Any, capsys: pytest.CaptureFixture[str]) -> None:
     state = DynamoState(boto3.client("dynamodb"), "binderless")
     state.create_launch("old", "gh", "org/repo/HEAD", now=1.0)  # silent since 1970
     running = session("s-live", status="running")
@@ -88,6 +101,7 @@ def test_the_schedule_reconciles(chalice_app: Any) -> None:
     assert payload == {"culled": [], "abandoned": ["old"]}
     assert state.get_launch("old")["phase"] == "failed"  # type: ignore[index]
     assert state.get_session("s-live").status == "running"
+    assert emitted_metrics(capsys.readouterr().out) == {"LaunchesAbandoned": [1.0]}
 
 
 def test_launch_status_and_events_from_the_shared_store(chalice_app: Any) -> None:
