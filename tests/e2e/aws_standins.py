@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import io
 import itertools
 import json
@@ -47,6 +46,7 @@ from binderless.aws.ecs import FargateTasks, TaskState
 from binderless.backends.uvbuilder import UvBuilder
 from binderless.errors import BinderlessError
 from binderless.settings import Settings
+from tests.ecr_fakes import manifest
 
 __all__ = ["LocalCodeBuildProject", "LocalFargateTasks", "LocalImage", "LocalImages"]
 
@@ -63,18 +63,6 @@ if [ -n "${R2D_ENTRYPOINT:-}" ]; then exec "$R2D_ENTRYPOINT" "$@"; fi
 exec "$@"
 """
 
-
-def manifest(tag: str) -> str:
-    """A small image manifest unique to ``tag``, as ``docker push`` would send it."""
-    digest = "sha256:" + hashlib.sha256(tag.encode()).hexdigest()
-    return json.dumps({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-        "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
-                   "size": 1000, "digest": digest},
-        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
-                    "size": 2000, "digest": digest}],
-    })
 
 
 def split_image_uri(uri: str) -> tuple[str, str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
-import hashlib
 import importlib.util
 import io
 import itertools
@@ -58,6 +57,7 @@ from binderless.backends.docker import DockerBuilder
 from binderless.backends.protocols import ImageRef
 from binderless.errors import BuildFailed
 from binderless.settings import Settings
+from tests.ecr_fakes import manifest
 
 ROOT = Path(__file__).resolve().parents[3]
 RUNNER = ROOT / "build-runner"
@@ -83,18 +83,6 @@ def aws() -> Iterator[None]:
     with mock_aws():
         yield
 
-
-def manifest(tag: str) -> str:
-    """An image manifest unique to ``tag``, as ``docker push`` would send it."""
-    digest = "sha256:" + hashlib.sha256(tag.encode()).hexdigest()
-    return json.dumps({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-        "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
-                   "size": 1000, "digest": digest},
-        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
-                    "size": 2000, "digest": digest}],
-    })
 
 
 def push(ecr: Any, tag: str) -> str:
@@ -575,13 +563,18 @@ def test_builder_builds_pushes_and_streams_the_log_in_order(
     assert "Contents" not in world.s3.list_objects_v2(Bucket=BUCKET)  # the source is gone
 
 
+def expect_succeeded_build(world: World, key: str) -> None:
+    """CodeBuild (stubbed) starts the build of ``key`` and reports it SUCCEEDED."""
+    world.stub.add_response("start_build", {"build": {"id": BUILD_ID}}, start_params(key))
+    world.stub.add_response("batch_get_builds", build_answer("SUCCEEDED", "COMPLETED"),
+                            {"ids": [BUILD_ID]})
+
+
 def test_builder_reads_lines_that_arrive_after_the_end(
         world: World, fixture_repo: Callable[[str], Path]) -> None:
     repo = fixture_repo("python-requirements")
     plan = world.builder.plan(repo)
-    world.stub.add_response("start_build", {"build": {"id": BUILD_ID}}, start_params(plan.key))
-    world.stub.add_response("batch_get_builds", build_answer("SUCCEEDED", "COMPLETED"),
-                            {"ids": [BUILD_ID]})
+    expect_succeeded_build(world, plan.key)
     late = threading.Event()
 
     def finish() -> None:
@@ -664,9 +657,7 @@ def test_succeeded_build_without_an_image_fails(
         world: World, fixture_repo: Callable[[str], Path]) -> None:
     repo = fixture_repo("python-requirements")
     plan = world.builder.plan(repo)
-    world.stub.add_response("start_build", {"build": {"id": BUILD_ID}}, start_params(plan.key))
-    world.stub.add_response("batch_get_builds", build_answer("SUCCEEDED", "COMPLETED"),
-                            {"ids": [BUILD_ID]})
+    expect_succeeded_build(world, plan.key)
     with pytest.raises(BuildFailed, match="ECR has no image"):
         asyncio.run(world.builder.build(plan, repo, world.lines.append))
 
