@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     _launch_parser(sub)
     _resolve_parser(sub)
     _gateway_parser(sub)
+    from .deploy.cli import add_parsers as _deploy_parsers
+
+    _deploy_parsers(sub)
     return parser
 
 
@@ -284,6 +287,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(asyncio.run(_gateway(args)))
     if args.command == "resolve":
         sys.exit(_resolve(args))
+    if args.command in ("deploy", "destroy"):
+        from .deploy.cli import run as run_deployment
+
+        sys.exit(run_deployment(args))
     if args.command == "launch":
         from .client import run_launch
 

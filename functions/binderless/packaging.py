@@ -31,13 +31,17 @@ def stage_chalice_project(dest: Path) -> Path:
 
 
 def chalice_package(project: Path, out: Path, *, stage: str = "prod",
-                    environ: Mapping[str, str] | None = None) -> Path:
-    """Run ``chalice package`` (no AWS call; needs a region and no credentials) into ``out``."""
+                    environ: Mapping[str, str] | None = None,
+                    merge_template: Path | None = None) -> Path:
+    """Run ``chalice package`` (no AWS call; needs a region and no credentials) into ``out``,
+    deep-merging ``merge_template`` (JSON or YAML) into the template it writes."""
     env = dict(environ if environ is not None else os.environ)
     env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     env["AWS_EC2_METADATA_DISABLED"] = "true"
     chalice = Path(sys.executable).with_name("chalice")
     cmd = [str(chalice), "package", "--stage", stage, str(out)]
+    if merge_template is not None:
+        cmd[2:2] = ["--merge-template", str(merge_template.resolve())]
     result = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"chalice package failed:\n{result.stdout}\n{result.stderr}")

@@ -1,0 +1,1 @@
+"""Deploy binderless into an AWS account: package, plan, execute (``binderless deploy``)."""

@@ -1,0 +1,43 @@
+"""One dry run per test session: ``binderless deploy --dry-run`` with AWS clients forbidden."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import botocore.session
+import pytest
+
+from binderless.cli import build_parser
+from binderless.deploy.cli import run
+
+
+@dataclass(frozen=True)
+class DryRun:
+    out: Path
+    printed: str
+    service: dict[str, Any]
+    assets: dict[str, Any]
+
+
+def forbid_clients(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError(f"the dry run made an AWS client: {args[1:2]}")
+
+
+@pytest.fixture(scope="session")
+def dry_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DryRun]:
+    out = tmp_path_factory.mktemp("deploy") / "packaged"
+    printed = io.StringIO()
+    args = build_parser().parse_args(["deploy", "--dry-run", "--output", str(out)])
+    with pytest.MonkeyPatch.context() as patch:
+        # Every boto3 and botocore client goes through this method.
+        patch.setattr(botocore.session.Session, "create_client", forbid_clients)
+        status = run(args, out=printed, err=printed)
+    assert status == 0, printed.getvalue()
+    yield DryRun(out=out, printed=printed.getvalue(),
+                 service=json.loads((out / "binderless.template.json").read_text()),
+                 assets=json.loads((out / "assets.template.json").read_text()))
