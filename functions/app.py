@@ -8,7 +8,9 @@ server uses. Imports are kept light (the cold start is measured by
 from __future__ import annotations
 
 import os
-from functools import cache
+import time
+from collections.abc import Callable
+from functools import cache, wraps
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -23,6 +25,29 @@ app = Chalice(app_name="binderless")
 logger = Logger(service="binderless")
 # CloudWatch embedded metric format: printed with the logs, no API call from the function.
 metrics = Metrics(namespace="binderless", service="binderless")
+
+
+@cache
+def tracer() -> Any:
+    """Powertools Tracer: X-Ray traces of the handlers and of their AWS calls (boto3 is
+    patched); off outside Lambda (``POWERTOOLS_TRACE_DISABLED``, as in the tests). Made
+    on first use: the X-Ray SDK would double the import time of this module."""
+    from aws_lambda_powertools import Tracer
+
+    return Tracer(service="binderless")
+
+
+def traced(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """``tracer().capture_method`` on ``handler``, applied at its first call."""
+    captured: list[Callable[..., Any]] = []
+
+    @wraps(handler)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if not captured:
+            captured.append(tracer().capture_method(handler))
+        return captured[0](*args, **kwargs)
+
+    return run
 
 
 def count(name: str, value: int = 1) -> None:
@@ -80,6 +105,7 @@ def repoproviders() -> list[dict[str, Any]]:
 
 
 @app.route("/api/resolve", cors=True)
+@traced
 def resolve() -> Response:
     """What a link launches: ``?link=<Binder link, provider/spec or repository URL>``."""
     from binderless.resolve import resolve_link
@@ -132,6 +158,7 @@ def run_with_service(work: Any) -> Any:
 
 
 @app.schedule("rate(1 minute)", name="reconcile")
+@traced
 def reconcile(event: Any) -> dict[str, Any]:
     """End launches whose gateway died, stopping what they started. Culling is the
     gateways' job: they reach the sessions' servers, this function (outside the VPC) does not."""
@@ -145,6 +172,7 @@ def reconcile(event: Any) -> dict[str, Any]:
 @app.on_cw_event({"source": ["aws.ecs"], "detail-type": ["ECS Task State Change"],
                   "detail": {"lastStatus": ["STOPPED"], "startedBy": ["binderless"]}},
                  name="task_stopped")
+@traced
 def task_stopped(event: Any) -> dict[str, Any]:
     detail = event.detail
     reason = f"task stopped: {detail.get('stoppedReason') or detail.get('stopCode', '')}"
@@ -160,6 +188,7 @@ def task_stopped(event: Any) -> dict[str, Any]:
                   "detail": {"build-status": ["SUCCEEDED", "FAILED", "STOPPED", "TIMED_OUT",
                                               "FAULT"]}},
                  name="build_finished")
+@traced
 def build_finished(event: Any) -> dict[str, Any]:
     """Close the build claim even when the gateway that started the build is gone."""
     detail = event.detail
@@ -200,16 +229,88 @@ def state() -> Any:
     return DynamoState(aws_clients("dynamodb"), settings().aws_table)
 
 
+@cache
+def idempotent_create() -> Any:
+    """``create`` made idempotent by Powertools: a repeated ``Idempotency-Key`` gets the
+    first answer back for an hour. Its records live in the state table, under their own
+    partition key, and expire through the table's TTL attribute."""
+    from aws_lambda_powertools.utilities.idempotency import (
+        DynamoDBPersistenceLayer,
+        IdempotencyConfig,
+        idempotent_function,
+    )
+
+    from binderless.aws.dynamodb import TTL_ATTRIBUTE
+
+    persistence = DynamoDBPersistenceLayer(
+        table_name=settings().aws_table, key_attr="pk", sort_key_attr="sk",
+        static_pk_value="IDEMPOTENCY#launches", expiry_attr=TTL_ATTRIBUTE,
+        status_attr="idempotency_status", boto3_client=aws_clients("dynamodb"))
+    config = IdempotencyConfig(event_key_jmespath="key", expires_after_seconds=3600)
+    config.register_lambda_context(app.lambda_context)
+    return idempotent_function(create, data_keyword_argument="payload",
+                               persistence_store=persistence, config=config)
+
+
+def create(payload: dict[str, Any]) -> dict[str, str]:
+    """Record a launch for a gateway to drive (see ``binderless.launches``)."""
+    from binderless.launches import launch_document
+    from binderless.service import LaunchRequest, record_launch
+
+    request = LaunchRequest(**payload["request"])
+    launch_id = record_launch(state(), request, now=time.time())
+    count("LaunchesRequested")
+    metrics.flush_metrics()
+    return launch_document(launch_id, request)
+
+
+@app.route("/api/launches", methods=["POST"], cors=True)
+@traced
+def create_launch() -> Response:
+    """Start a launch: ``{"link": ...}`` or ``{"provider": ..., "spec": ...}``; the answer
+    says where to follow it. The same ``Idempotency-Key`` header gives the same launch."""
+    from dataclasses import asdict
+
+    from binderless.launches import idempotency_key, launch_request
+
+    current = app.current_request
+    try:
+        body = current.json_body
+    except Exception:  # chalice raises BadRequestError for unparseable JSON
+        body = None
+    try:
+        key = idempotency_key(current.headers)
+        request = launch_request(body, registry=registry(), launch_host=public_host(),
+                                 client_ip=current.context.get("identity", {}).get("sourceIp", ""))
+    except BinderlessError as exc:
+        return error_response(exc)
+    payload = {"key": key, "request": asdict(request)}
+    answer = idempotent_create()(payload=payload) if key else create(payload)
+    return Response(body=answer, status_code=202, headers=CORS)
+
+
+def public_host() -> str:
+    """Where people reach this service (``BINDERLESS_PUBLIC_URL``, else the Host header)."""
+    configured = settings().public_url
+    if configured:
+        return configured.rstrip("/") + "/"
+    return f"https://{app.current_request.headers.get('host', '')}/"
+
+
 @app.route("/api/launches/{launch_id}", cors=True)
+@traced
 def launch_status(launch_id: str) -> Response:
+    from binderless.launches import status_document
+
     launch = state().get_launch(launch_id)
     if launch is None:
         return Response(body={"message": f"There is no launch {launch_id}.", "status_code": 404},
                         status_code=404, headers=CORS)
-    return Response(body={"launch_id": launch_id, **launch}, status_code=200, headers=CORS)
+    return Response(body=status_document(launch), status_code=200, headers=CORS)
 
 
 @app.route("/api/launches/{launch_id}/events", cors=True)
+@traced
 def launch_events(launch_id: str) -> Response:
     """The launch's events after ``?after=N`` (the same events the /build stream sends)."""
     params = app.current_request.query_params or {}

@@ -29,6 +29,8 @@ SAFE_AWS_ENV = {
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 os.environ.update(SAFE_AWS_ENV)
+# Powertools Tracer sends X-Ray segments only inside Lambda; say so for the Chalice tests.
+os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
 os.environ.setdefault("UV_PYTHON_DOWNLOADS", "never")
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import secrets
@@ -25,10 +27,13 @@ from typing import Any
 import aiohttp
 
 from .backends.protocols import (
+    NO_OBSERVER,
     Builder,
     EventLog,
     Fetcher,
     ImageRef,
+    Observer,
+    ProjectMount,
     Route,
     RouteTable,
     SessionHandle,
@@ -38,22 +43,28 @@ from .backends.protocols import (
     Store,
 )
 from .envplan import EnvironmentPlan
-from .errors import BinderlessError, BuildFailed, LaunchFailed, QuotaExceeded
+from .errors import BinderlessError, BuildFailed, LaunchFailed, QuotaExceeded, SessionNotFound
 from .events import Event, event_from_error
 from .phases import Phase, advance
 from .policy import quota_for
 from .providers import ProviderRegistry, ResolvedRepo
 from .settings import Settings
+from .workspaces import Workspaces
 
-__all__ = ["LaunchRequest", "LaunchService"]
+__all__ = ["LaunchRequest", "LaunchService", "record_launch"]
 
 log = logging.getLogger("binderless.service")
 
 PROBE_INTERVAL = 0.05
-#: How often the readiness probe asks the spawner whether the server still runs (on AWS
-#: each question is an API call; the HTTP probe itself runs every PROBE_INTERVAL).
-ALIVE_INTERVAL = 1.0
+#: When the readiness probe first asks the spawner whether the server still runs, and the
+#: longest wait between two questions (on AWS each is an API call; the HTTP probe itself
+#: runs every PROBE_INTERVAL). The waits double in between.
+ALIVE_INTERVAL = 2.0
+ALIVE_MAX_INTERVAL = 5.0
 ACTIVITY_FLUSH_SECONDS = 60.0
+#: A launch created through the REST API is driven by the gateway its stream is asked of;
+#: when no stream is asked for this long, a gateway's reconciler drives it.
+UNSTREAMED_GRACE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,16 @@ class LaunchRequest:
     client_ip: str = ""
     build_only: bool = False
     owner: str = ""
+
+
+def record_launch(store: Store, request: LaunchRequest, *, now: float, driver: str = "",
+                  lease_until: float | None = None) -> str:
+    """Store a new launch with what another process needs to drive it; returns its id."""
+    launch_id = uuid.uuid4().hex
+    store.create_launch(launch_id, request.provider, request.spec, now)
+    store.update_launch(launch_id, request=json.dumps(dataclasses.asdict(request)),
+                        driver=driver, lease_until=lease_until)
+    return launch_id
 
 
 class LaunchService:
@@ -79,8 +100,11 @@ class LaunchService:
         builder: Builder,
         spawner: Spawner,
         clock: Callable[[], float] = time.time,
+        workspaces: Workspaces | None = None,
     ) -> None:
         self.settings = settings
+        #: Signed-in users' persistent homes; ``None``: every session is ephemeral.
+        self.workspaces = workspaces
         self.providers = providers
         self.store = store
         self.routes = routes
@@ -92,6 +116,7 @@ class LaunchService:
         self.sessions_dir = settings.state_dir / "sessions"
         self._phases: dict[str, Phase | None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._cancelled: set[str] = set()  # launches their reader cancelled
         self._builds: dict[str, asyncio.Task[ImageRef]] = {}
         #: Who owns build claims made here (several gateways may share one store).
         self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -99,6 +124,9 @@ class LaunchService:
         self._launch_sessions: dict[str, str] = {}
         self._activity_written: dict[str, float] = {}
         self._http: aiohttp.ClientSession | None = None
+        #: Told how launches and builds end (metrics); see ``Observer``.
+        self.observer: Observer = NO_OBSERVER
+        self._began: dict[str, tuple[float, bool]] = {}  # launch -> (start, waited for a build)
 
     # ----- lifecycle -------------------------------------------------------------------
 
@@ -137,12 +165,79 @@ class LaunchService:
 
     def start(self, request: LaunchRequest) -> str:
         """Begin a launch in the background; returns the id of its event stream."""
-        launch_id = uuid.uuid4().hex
-        self.store.create_launch(launch_id, request.provider, request.spec, self.clock())
-        task = asyncio.create_task(self._run(launch_id, request), name=f"launch-{launch_id}")
+        launch_id = self.create(request, driver=self.instance_id)
+        self._drive(launch_id, request)
+        return launch_id
+
+    def create(self, request: LaunchRequest, *, driver: str = "") -> str:
+        """Record a launch; with ``driver``, that process drives it from now on (under a
+        lease it renews), else the first gateway its stream is asked of (``resume``)."""
+        return record_launch(self.store, request, now=self.clock(), driver=driver,
+                             lease_until=self._lease_end() if driver else None)
+
+    def _drive(self, launch_id: str, request: LaunchRequest, *, resumed: bool = False) -> None:
+        task = asyncio.create_task(self._run(launch_id, request, resumed=resumed),
+                                   name=f"launch-{launch_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return launch_id
+
+    def driving(self, launch_id: str) -> bool:
+        return any(t.get_name() == f"launch-{launch_id}" and not t.done() for t in self._tasks)
+
+    async def resume(self, launch_id: str) -> bool:
+        """Drive an unfinished launch here if nobody does: created through the REST API
+        and not yet started, or left behind by a gateway that died (its lease ran out).
+
+        What the dead gateway did is not done twice: the launch keeps its session id and
+        token, and a session task already started for it is found and used. ``True``
+        when this process drives the launch (already did, or took it over now)."""
+        if self.driving(launch_id):
+            return True
+        launch = self.store.get_launch(launch_id)
+        if launch is None or launch["phase"] in ("ready", "failed") or not launch["request"]:
+            return False
+        lease = launch["lease_until"]
+        if launch["driver"] and lease is not None and lease > self.clock():
+            return False  # its driver is alive: follow the stream
+        try:
+            request = LaunchRequest(**json.loads(launch["request"]))
+        except (ValueError, TypeError):
+            log.warning("launch %s has an unreadable request; not resumed", launch_id)
+            return False
+        if not self.store.take_launch(launch_id, self.instance_id, was_driver=launch["driver"],
+                                      was_lease=lease,
+                                      lease_until=self._lease_end()):
+            return self.driving(launch_id)
+        if launch["driver"]:
+            log.info("taking over launch %s from %s", launch_id, launch["driver"])
+        self._drive(launch_id, request, resumed=bool(launch["driver"]))
+        return True
+
+    def _lease_end(self) -> float:
+        return self.clock() + self.settings.launch_lease_seconds
+
+    async def _keep_lease(self, launch_id: str) -> None:
+        """Renew the lease on a launch while this process drives it, every third of
+        ``launch_lease_seconds``: once it runs out, another process (a gateway the client
+        reconnects to, or a gateway's reconciler) takes the launch over."""
+        while True:
+            await asyncio.sleep(self.settings.launch_lease_seconds / 3)
+            try:
+                self.store.update_launch(launch_id, lease_until=self._lease_end())
+                await asyncio.to_thread(self.store.flush, launch_id)
+            except BinderlessError as exc:
+                log.warning("could not renew the lease on launch %s: %s", launch_id, exc)
+
+    def cancel(self, launch_id: str) -> bool:
+        """Stop a launch running in this process (its reader pressed Cancel); ``False``
+        when none runs here. A build it started goes on: other launches may be following
+        it, and the next launch of the repository finds it built."""
+        for task in self._tasks:
+            if task.get_name() == f"launch-{launch_id}" and not task.done():
+                self._cancelled.add(launch_id)
+                task.cancel()
+                return True
+        return False
 
     def emit(self, launch_id: str, phase: Phase | None, message: str, **fields: Any) -> None:
         if phase is not None:
@@ -152,6 +247,8 @@ class LaunchService:
                 self._phases[launch_id] = new
                 done = {"finished_at": self.clock()} if new in (Phase.READY, Phase.FAILED) else {}
                 self.store.update_launch(launch_id, phase=str(new), **done)
+                if done:
+                    self._observe_end(launch_id, new)
         self.events.append(launch_id, Event(phase, message, fields))
 
     def _fail(self, launch_id: str, error: BaseException) -> None:
@@ -160,16 +257,28 @@ class LaunchService:
             return
         self._phases[launch_id] = Phase.FAILED
         self.store.update_launch(launch_id, phase="failed", finished_at=self.clock())
+        self._observe_end(launch_id, Phase.FAILED)
         self.events.append(launch_id, event)
 
-    async def _run(self, launch_id: str, request: LaunchRequest) -> None:
+    def _observe_end(self, launch_id: str, phase: Phase) -> None:
+        began = self._began.pop(launch_id, None)
+        if began is not None:
+            self.observer.launch_finished(str(phase), self.clock() - began[0], began[1])
+
+    async def _run(self, launch_id: str, request: LaunchRequest, *,
+                   resumed: bool = False) -> None:
+        keeper = asyncio.create_task(self._keep_lease(launch_id))
+        self._began[launch_id] = (self.clock(), False)
         try:
-            await self._launch(launch_id, request)
+            await self._launch(launch_id, request, resumed=resumed)
         except asyncio.CancelledError:
+            by_reader = launch_id in self._cancelled
             self._fail(launch_id, LaunchFailed(
-                "binderless stopped while this launch was in progress.",
+                "The launch was cancelled." if by_reader
+                else "binderless stopped while this launch was in progress.",
                 hint="Launch the repository again."))
-            await self._discard_session(launch_id, "launch interrupted")
+            await self._discard_session(
+                launch_id, "launch cancelled" if by_reader else "launch interrupted")
             raise
         except BinderlessError as exc:
             log.info("launch %s failed: %s", launch_id, exc.message)
@@ -180,11 +289,21 @@ class LaunchService:
             self._fail(launch_id, exc)
             await self._discard_session(launch_id, "launch failed")
         finally:
+            keeper.cancel()
+            self._began.pop(launch_id, None)
             self._phases.pop(launch_id, None)
             self._launch_sessions.pop(launch_id, None)
+            self._cancelled.discard(launch_id)
 
-    async def _launch(self, launch_id: str, request: LaunchRequest) -> None:
+    async def _launch(self, launch_id: str, request: LaunchRequest, *,
+                      resumed: bool = False) -> None:
         started = self.clock()
+        # A launch taken over keeps its session: the same id (a task started for it is
+        # found, not started again) and the same token (that task checks it).
+        earlier = self._session_of(launch_id) if resumed else None
+        if resumed:
+            self.emit(launch_id, None, "Picking up this launch where another server left "
+                                       "it...\n")
         self.emit(launch_id, Phase.WAITING, f"Resolving {request.provider}/{request.spec}...\n")
         repo = await asyncio.to_thread(self.providers.resolve, request.provider, request.spec)
         self.store.update_launch(launch_id, resolved_ref=repo.resolved_ref)
@@ -192,9 +311,12 @@ class LaunchService:
             self.emit(launch_id, Phase.WAITING, note)
         if not request.build_only:
             self._check_quota(repo, quota_for(self.settings, request.provider, request.spec))
+            if request.owner and self.workspaces is not None:
+                self.workspaces.check_room(request.owner, repo.repo_url)
 
-        session_id = secrets.token_hex(8)
+        session_id = earlier.session_id if earlier is not None else secrets.token_hex(8)
         self._launch_sessions[launch_id] = session_id
+        self.store.update_launch(launch_id, session_id=session_id)
         home = self.sessions_dir / session_id / "home"
         self.emit(launch_id, Phase.FETCHING,
                   f"Fetching {repo.repo_url} at {repo.resolved_ref[:12]}...\n")
@@ -208,21 +330,26 @@ class LaunchService:
             shutil.rmtree(home.parent, ignore_errors=True)
             return
 
+        project = await self._open_project(launch_id, request, repo, home)
         self.emit(launch_id, Phase.LAUNCHING, "Launching server...\n")
-        token = secrets.token_hex(32)
+        token = earlier.token if earlier is not None else secrets.token_hex(32)
         base_url = f"/user/{session_id}/"
         now = self.clock()
-        self.store.add_session(SessionRecord(
-            session_id=session_id, launch_id=launch_id, owner=request.owner,
-            repo_url=repo.repo_url, resolved_ref=repo.resolved_ref, image_key=image.key,
-            home=str(home), target="", token=token, backend_id="", status="starting",
-            created_at=now, last_activity=now,
-        ))
+        if earlier is None:
+            self.store.add_session(SessionRecord(
+                session_id=session_id, launch_id=launch_id, owner=request.owner,
+                repo_url=repo.repo_url, resolved_ref=repo.resolved_ref, image_key=image.key,
+                home=str(home), target="", token=token, backend_id="", status="starting",
+                created_at=now, last_activity=now,
+            ))
         spec = SessionSpec(
             session_id=session_id, image=image, home=home, base_url=base_url, token=token,
             environment=self._binder_env(request, repo),
-            start_script=plan.start,
+            start_script=plan.start, project=project, resume=earlier is not None,
         )
+        # The record must be stored before the server exists, or a crash now leaves a
+        # server nobody knows about.
+        await asyncio.to_thread(self.store.flush, launch_id)
         handle = await self.spawner.start(spec, lambda line: self.emit(launch_id, Phase.LAUNCHING, line))
         self.store.update_session(session_id, backend_id=handle.backend_id, target=handle.target)
         await self._wait_ready(handle, base_url, token)
@@ -230,7 +357,6 @@ class LaunchService:
                               owner=request.owner))
         self._activity[session_id] = self.clock()
         url = f"{request.launch_host}user/{session_id}/"
-        self.store.update_launch(launch_id, session_id=session_id)
         log.info("launch %s ready in %.2fs", launch_id, self.clock() - started)
         self.emit(
             launch_id, Phase.READY, f"server running at {url}\n",
@@ -240,6 +366,32 @@ class LaunchService:
             binder_persistent_request=repo.persistent_request,
             binder_client_ip=request.client_ip,
         )
+
+    async def _open_project(self, launch_id: str, request: LaunchRequest, repo: ResolvedRepo,
+                            checkout: Path) -> ProjectMount | None:
+        """A signed-in user's project folder for this repository: seeded from ``checkout``
+        the first time, never overwritten after (see ``workspaces.py``)."""
+        if not request.owner or self.workspaces is None:
+            return None
+        opened = await asyncio.to_thread(
+            self.workspaces.open, request.owner, repo_url=repo.repo_url,
+            resolved_ref=repo.resolved_ref, launch_path=f"v2/{request.provider}/{request.spec}",
+            checkout=checkout)
+        for line in opened.messages():
+            self.emit(launch_id, Phase.LAUNCHING, line)
+        return ProjectMount(owner=request.owner, name=opened.project.name,
+                            path=opened.project.path)
+
+    def _session_of(self, launch_id: str) -> SessionRecord | None:
+        """The session record a launch made before its driver died, if any."""
+        launch = self.store.get_launch(launch_id) or {}
+        if not launch.get("session_id"):
+            return None
+        try:
+            record = self.store.get_session(str(launch["session_id"]))
+        except BinderlessError:
+            return None
+        return record if record.status in ("starting", "running") else None
 
     def _binder_env(self, request: LaunchRequest, repo: ResolvedRepo) -> dict[str, str]:
         return {
@@ -252,13 +404,12 @@ class LaunchService:
         }
 
     def _check_quota(self, repo: ResolvedRepo, per_repo: int) -> None:
-        total = self.store.count_active()
+        total, mine = self.store.active_counts(repo.repo_url)
         if total >= self.settings.max_sessions:
             raise QuotaExceeded(
                 f"This server is full: {total} sessions are running, the most it allows.",
                 hint="Try again in a few minutes, when idle sessions have been stopped.",
             )
-        mine = self.store.count_active(repo.repo_url)
         if mine >= per_repo:
             raise QuotaExceeded(
                 f"Too many users running {repo.repo_url}! Try again soon.",
@@ -276,6 +427,9 @@ class LaunchService:
                       imageName=image.name)
             return image
         self.store.update_launch(launch_id, built=1)
+        if launch_id in self._began:
+            self._began[launch_id] = (self._began[launch_id][0], True)
+        await asyncio.to_thread(self.store.flush, launch_id)
         claim = self.store.claim_build(plan.key, self.instance_id,
                                       f"build-{plan.key}-{uuid.uuid4().hex[:8]}", self.clock(),
                                       stale_after=self.settings.build_timeout_seconds + 300)
@@ -329,9 +483,11 @@ class LaunchService:
         def line(text: str) -> None:
             self.events.append(stream, Event(Phase.BUILDING, text))
 
+        began = self.clock()
         try:
             image = await self.builder.build(plan, checkout, line)
         except BaseException as exc:
+            self.observer.build_finished(False, self.clock() - began)
             error = exc if isinstance(exc, BinderlessError) else BuildFailed(
                 "The build stopped unexpectedly.", hint="Launch again to retry the build.")
             self.store.finish_build(plan.key, "failed", owner=self.instance_id)
@@ -339,6 +495,11 @@ class LaunchService:
             if isinstance(exc, BinderlessError) or not isinstance(exc, Exception):
                 raise
             raise error from exc
+        self.observer.build_finished(True, self.clock() - began)
+        try:
+            await self.spawner.prepare(image)
+        except BinderlessError as exc:  # the first start does it again
+            log.warning("could not prepare %s for starts: %s", image.name, exc.message)
         self.store.finish_build(plan.key, "built", image.name, owner=self.instance_id)
         self.events.append(stream, Event(Phase.BUILT, "Built image.\n", {"imageName": image.name}))
         return image
@@ -349,7 +510,8 @@ class LaunchService:
         url = f"{handle.target}{base_url}api/status"
         headers = {"Authorization": f"token {token}"}
         deadline = time.monotonic() + self.settings.ready_timeout_seconds
-        next_alive_check = time.monotonic() + ALIVE_INTERVAL
+        alive_interval = ALIVE_INTERVAL
+        next_alive_check = time.monotonic() + alive_interval
         while time.monotonic() < deadline:
             try:
                 async with self.http.get(url, headers=headers,
@@ -361,7 +523,8 @@ class LaunchService:
             if time.monotonic() < next_alive_check:
                 await asyncio.sleep(PROBE_INTERVAL)
                 continue
-            next_alive_check = time.monotonic() + ALIVE_INTERVAL
+            alive_interval = min(alive_interval * 2, ALIVE_MAX_INTERVAL)
+            next_alive_check = time.monotonic() + alive_interval
             if not await self.spawner.alive(handle):
                 tail = await self.spawner.tail(handle)
                 raise LaunchFailed(
@@ -394,6 +557,17 @@ class LaunchService:
             self._activity_written[session_id] = now
             with contextlib.suppress(BinderlessError):
                 self.store.update_session(session_id, last_activity=now)
+
+    def last_activity(self, record: SessionRecord) -> float:
+        """When the session was last used, as far as this process and the store know."""
+        return max(self._activity.get(record.session_id, 0.0), record.last_activity)
+
+    def keep_alive(self, session_id: str) -> None:
+        """The user asked to keep the session running: count it as used now, and tell the
+        store at once (the countdown of every gateway reads it)."""
+        now = self.clock()
+        self._activity[session_id] = self._activity_written[session_id] = now
+        self.store.update_session(session_id, last_activity=now)
 
     async def stop_session(self, session_id: str, *, reason: str,
                            already_stopped: bool = False) -> None:
@@ -478,27 +652,44 @@ class LaunchService:
             pass
         raise LaunchFailed("not answering")
 
-    async def reconcile(self, *, cull: bool = True,
+    async def reconcile(self, *, cull: bool = True, resume: bool | None = None,
                         abandon_after: float | None = None) -> dict[str, list[str]]:
         """Repair what a crash or a lost event left behind; safe to run at any time, from
         any process sharing the store (each gateway, and the AWS mode's schedule).
 
         - with ``cull``, sessions whose server ended, sat idle, or grew too old are stopped
           (a process that cannot reach the sessions' servers, like the Lambda, passes False);
-        - launches with no event for ``abandon_after`` seconds (their gateway died) end
-          with a ``failed`` event, and whatever they started is stopped: no orphan. The
-          default outlasts the quietest live launch: a build it follows, then the start.
+        - with ``resume`` (default: as ``cull``; a process that can drive launches),
+          launches nobody drives (their driver's lease ran out, or created through the
+          REST API and never streamed) are taken over and finished here;
+        - launches with no event for ``abandon_after`` seconds end with a ``failed`` event,
+          and whatever they started is stopped. The default outlasts the quietest live
+          launch: a build it follows, then the start;
+        - servers the spawner runs for sessions with no live record are stopped (orphans).
         """
         if abandon_after is None:
             abandon_after = (self.settings.build_timeout_seconds
                              + self.settings.ready_timeout_seconds + 900.0)
+        if resume is None:
+            resume = cull
         culled = await self.cull() if cull else []
-        abandoned = []
+        if cull:
+            self.observer.sessions_active(self.store.active_counts("")[0])
+        abandoned: list[str] = []
+        resumed: list[str] = []
         now = self.clock()
         for launch_id in self.store.unfinished_launches():
-            if launch_id in self._phases:
-                continue  # this process is running it
+            if self.driving(launch_id):
+                continue
             launch = self.store.get_launch(launch_id) or {}
+            lease = launch.get("lease_until")
+            undriven = not launch.get("driver") and now - float(
+                launch.get("created_at") or 0.0) >= UNSTREAMED_GRACE_SECONDS
+            if resume and launch.get("request") and (
+                    undriven or (lease is not None and lease < now)):
+                if await self.resume(launch_id):
+                    resumed.append(launch_id)
+                continue
             last = max(float(launch.get("created_at") or 0.0),
                        self.events.last_event_at(launch_id) or 0.0)
             if now - last < abandon_after:
@@ -510,7 +701,34 @@ class LaunchService:
                 if record.launch_id == launch_id:
                     await self.stop_session(record.session_id, reason="launch abandoned")
             abandoned.append(launch_id)
-        return {"culled": culled, "abandoned": abandoned}
+        orphans = await self._stop_orphans()
+        return {"culled": culled, "abandoned": abandoned, "resumed": resumed,
+                "orphans": orphans}
+
+    async def _stop_orphans(self) -> list[str]:
+        """Stop servers whose session has no live record (a crash between starting a
+        server and recording it, or a record lost). Sessions this process is launching
+        are left alone."""
+        mine = set(self._launch_sessions.values())
+        stopped: list[str] = []
+        try:
+            running = await self.spawner.running()
+        except BinderlessError as exc:
+            log.warning("cannot list the running sessions for orphans: %s", exc.message)
+            return stopped
+        for session_id, backend_id in running.items():
+            if session_id in mine:
+                continue
+            try:
+                live = self.store.get_session(session_id).status in ("starting", "running")
+            except SessionNotFound:
+                live = False
+            if live:
+                continue
+            log.warning("stopping orphaned server %s of session %s", backend_id, session_id)
+            await self.spawner.stop(SessionHandle(session_id, "", backend_id))
+            stopped.append(session_id)
+        return stopped
 
     async def stop_task_session(self, backend_id: str, reason: str) -> str | None:
         """An ``ECS Task State Change`` (STOPPED) or a dead process: close its session."""

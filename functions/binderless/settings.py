@@ -37,6 +37,9 @@ class Settings:
     max_age_seconds: float = 6 * 3600.0
     cull_interval_seconds: float = 30.0
     ready_timeout_seconds: float = 120.0
+    # A gateway driving a launch renews a lease on it; once it runs out (the gateway
+    # died), another gateway takes the launch over.
+    launch_lease_seconds: float = 60.0
     max_sessions: int = 20
     max_sessions_per_repo: int = 10
     keep_sessions_on_exit: bool = False
@@ -80,6 +83,27 @@ class Settings:
     session_log_group: str = "/binderless/sessions"
     session_cpu: int = 1024
     session_memory: int = 4096
+    # Sign-in and persistent workspaces (docs/workspaces.md)
+    #: auto: OpenID Connect when oidc_issuer is set, else the local user on a local server
+    #: listening on loopback, else off (anonymous launches only).
+    sign_in: Literal["auto", "local", "oidc", "off"] = "auto"
+    local_user_name: str = ""
+    oidc_issuer: str = ""
+    oidc_client_id: str = ""
+    oidc_client_secret: str = field(default="", repr=False)
+    oidc_scopes: tuple[str, ...] = ("openid", "email", "profile")
+    #: Signs the sign-in cookie; every gateway copy needs the same one (local: generated).
+    auth_secret: str = field(default="", repr=False)
+    auth_cookie_seconds: float = 7 * 24 * 3600.0
+    #: Where users' homes are, as this process sees them (local default: <state_dir>/homes;
+    #: AWS: where the gateway mounts the EFS directory efs_home_root).
+    workspaces_dir: str = ""
+    max_projects_per_user: int = 10
+    #: The countdown banner shows this long before a session is stopped.
+    cull_warning_seconds: float = 300.0
+    download_max_bytes: int = 500 * 1024 * 1024
+    efs_file_system_id: str = ""
+    efs_home_root: str = "/homes"
 
     @property
     def allow_local_repos(self) -> bool:
@@ -95,7 +119,7 @@ class Settings:
     def validate(self) -> None:
         """Raise ``ValueError`` with a readable message for a contradictory setting."""
         choices = {"mode": ("local", "aws"), "builder": ("uv", "docker"),
-                   "spawner": ("local", "docker")}
+                   "spawner": ("local", "docker"), "sign_in": ("auto", "local", "oidc", "off")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, "
@@ -113,9 +137,48 @@ class Settings:
                     re.compile(regex)
                 except re.error as exc:
                     raise ValueError(f"{name}: {pattern!r} is not a valid pattern ({exc})") from exc
-        for name in ("port", "max_sessions", "max_sessions_per_repo"):
+        for name in ("port", "max_sessions", "max_sessions_per_repo", "max_projects_per_user",
+                     "download_max_bytes", "launch_lease_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be a positive number")
+        self._validate_sign_in()
+
+    def _validate_sign_in(self) -> None:
+        method = self.sign_in_method
+        if method == "oidc" and not (self.oidc_issuer and self.oidc_client_id):
+            raise ValueError("sign_in oidc needs oidc_issuer and oidc_client_id")
+        if method == "local" and self.mode != "local":
+            raise ValueError("sign_in local (one local user) is for the local mode only")
+        if method != "off" and self.mode == "aws" and not self.auth_secret:
+            raise ValueError("signing in on AWS needs auth_secret (the same in every gateway "
+                             "copy; it may be an ssm: or secretsmanager: reference)")
+        reference = self.auth_secret.startswith(("ssm:", "secretsmanager:"))
+        if self.auth_secret and not reference and len(self.auth_secret) < 16:
+            raise ValueError("auth_secret needs at least 16 characters (32 random bytes, "
+                             "hex-encoded, is a good choice)")
+        if self.efs_file_system_id and not self.workspaces_dir:
+            raise ValueError("efs_file_system_id needs workspaces_dir: where the gateway "
+                             "mounts the file system's efs_home_root")
+        if not self.efs_home_root.startswith("/"):
+            raise ValueError("efs_home_root must be an absolute path on the file system")
+
+    @property
+    def sign_in_method(self) -> Literal["local", "oidc", "off"]:
+        """How people sign in here (``off``: anonymous launches only)."""
+        if self.sign_in != "auto":
+            return self.sign_in
+        if self.oidc_issuer:
+            return "oidc"
+        if self.mode == "local" and self.host in ("127.0.0.1", "localhost", "::1"):
+            return "local"
+        return "off"
+
+    @property
+    def workspaces_root(self) -> Path | None:
+        """Where signed-in users' homes live; ``None``: nowhere (sessions stay ephemeral)."""
+        if self.workspaces_dir:
+            return Path(self.workspaces_dir)
+        return self.state_dir / "homes" if self.mode == "local" else None
 
     @property
     def github_api(self) -> str:

@@ -493,12 +493,16 @@ class LocalFargateTasks(FargateTasks):
     """``RunTask`` goes to moto, then the session runs here as a local process group."""
 
     def __init__(self, client: Any, *, client_factory: ClientFactory, images: LocalImages,
-                 workdir: Path, **kwargs: Any) -> None:
+                 workdir: Path, shared: dict[str, _LocalTask] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(client, **kwargs)
         self.logs_client = client_factory("logs")
+        self.ecs_client = client_factory("ecs")
         self.images = images
         self.workdir = workdir
-        self.tasks: dict[str, _LocalTask] = {}
+        #: The tasks running "in the cluster": several gateways' stand-ins may share them,
+        #: as gateways share one ECS cluster.
+        self.tasks: dict[str, _LocalTask] = {} if shared is None else shared
         self._lock = threading.Lock()
 
     def run(self, task_definition: str, *, environment: Mapping[str, str],
@@ -509,7 +513,9 @@ class LocalFargateTasks(FargateTasks):
         with self._lock:
             if arn in self.tasks:  # the same client token again: the same task
                 return arn
-            definition = self.client.describe_task_definition(
+            # The stand-in's own look at the definition (to find the image to run) goes
+            # through a client of its own, not counted as the gateway's calls.
+            definition = self.ecs_client.describe_task_definition(
                 taskDefinition=task_definition)["taskDefinition"]
             image_uri = str(definition["containerDefinitions"][0]["image"])
             task_id = arn.rsplit("/", 1)[-1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,8 +34,10 @@ class Stream:
 
 
 def read_stream(url: str, *, headers: dict[str, str] | None = None, stop_after: int | None = None,
+                stop_when: Callable[[dict[str, Any]], bool] | None = None,
                 timeout: float = 300.0) -> Stream:
-    """Read SSE frames until a final event (or ``stop_after`` events), like a BinderHub client."""
+    """Read SSE frames until a final event (or ``stop_after`` events, or an event
+    ``stop_when`` accepts), like a BinderHub client."""
     hdrs = {"Accept": "text/event-stream", **(headers or {})}
     with httpx.stream("GET", url, headers=hdrs, timeout=httpx.Timeout(10, read=timeout)) as resp:
         stream = Stream(resp.status_code, resp.headers)
@@ -49,6 +52,8 @@ def read_stream(url: str, *, headers: dict[str, str] | None = None, stop_after: 
                 if event.get("phase") in ("ready", "failed"):
                     break
                 if stop_after is not None and len(stream.events) >= stop_after:
+                    break
+                if stop_when is not None and stop_when(event):
                     break
     return stream
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import dataclasses
 import functools
 import logging
 import threading
@@ -20,13 +22,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import boto3
 import httpx
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from moto.moto_api import state_manager
 from moto.server import ThreadedMotoServer
 
 from binderless.aws.dynamodb import DynamoState, table_definition
@@ -41,7 +44,7 @@ from binderless.urlguard import UrlGuard
 from tests.conftest import file_spec, free_port, git
 from tests.e2e.aws_standins import LocalCodeBuildProject, LocalFargateTasks, LocalImages
 from tests.e2e.streams import Stream, read_stream, run_code
-from tests.functional.inprocess import serve_in_thread
+from tests.functional.inprocess import serving
 
 pytestmark = pytest.mark.e2e
 
@@ -103,9 +106,13 @@ def moto_server() -> Iterator[Moto]:
     level = requests_log.level
     requests_log.setLevel(logging.WARNING)
     server.start()
+    # moto moves a task one state on at every DescribeTasks (RUNNING to STOPPED in a few):
+    # the stand-ins know the tasks' real states; moto's must stay as RunTask left them.
+    state_manager.set_transition("ecs::task", {"progression": "manual", "times": 10**9})
     try:
         yield Moto(f"http://127.0.0.1:{port}")
     finally:
+        state_manager.unset_transition("ecs::task")
         server.stop()
         requests_log.setLevel(level)
 
@@ -163,6 +170,7 @@ class Gateway:
     tasks: LocalFargateTasks
     state: DynamoState  # the test's own view of the table
     aws: Callable[[str], Any]
+    loop: asyncio.AbstractEventLoop  # the one the gateway's server and service run on
 
     def build_url(self, spec: str, query: str = "") -> str:
         return f"{self.base}/build/{spec}{query}"
@@ -195,10 +203,12 @@ def gateway_settings(deployment: Deployment, state_dir: Path) -> Settings:
         ready_timeout_seconds=60.0, build_timeout_seconds=300.0, cull_interval_seconds=3600.0)
 
 
-@pytest.fixture
-def gateway(moto_server: Moto, deployment: Deployment, images: LocalImages,
-            tmp_path: Path) -> Iterator[Gateway]:
-    """A session gateway wired like ``binderless gateway``, with the two stand-ins."""
+@contextlib.contextmanager
+def running_gateway(moto_server: Moto, deployment: Deployment, images: LocalImages,
+                    workdir: Path, *, cluster: dict[str, Any] | None = None,
+                    **settings: Any) -> Iterator[Gateway]:
+    """A session gateway wired like ``binderless gateway``, with the two stand-ins;
+    gateways given the same ``cluster`` dict share their (stand-in) session tasks."""
     projects: list[LocalCodeBuildProject] = []
     made_tasks: list[LocalFargateTasks] = []
 
@@ -209,8 +219,8 @@ def gateway(moto_server: Moto, deployment: Deployment, images: LocalImages,
 
     def tasks(client: Any, **kwargs: Any) -> LocalFargateTasks:
         made_tasks.append(LocalFargateTasks(client, client_factory=moto_server.client,
-                                            images=images, workdir=tmp_path / "tasks",
-                                            **kwargs))
+                                            images=images, workdir=workdir / "tasks",
+                                            shared=cluster, **kwargs))
         return made_tasks[-1]
 
     overrides = Overrides(
@@ -219,22 +229,29 @@ def gateway(moto_server: Moto, deployment: Deployment, images: LocalImages,
         # tested on its own elsewhere); this test serves its fixture repositories as
         # local git repositories, so its git provider allows them.
         providers={"git": GitProvider(allow_local=True, guard=UrlGuard(enforce=False))})
-    service = aws_service(gateway_settings(deployment, tmp_path / "gateway"),
-                          moto_server.client, overrides)
+    config = dataclasses.replace(gateway_settings(deployment, workdir / "gateway"), **settings)
+    service = aws_service(config, moto_server.client, overrides)
     state = DynamoState(moto_server.client("dynamodb"), TABLE)
     [stand_in_project], [stand_in_tasks] = projects, made_tasks
     try:
-        with serve_in_thread(service) as base:
+        with serving(service) as (base, loop):
             yield Gateway(base, service, stand_in_project, stand_in_tasks, state,
-                          moto_server.client)
-        # On AWS a gateway leaves the sessions running when it stops (they belong to the
-        # shared state; the reconciler culls them): stop them as the culler would, then
-        # nothing may be left behind.
-        asyncio.run(stop_sessions(service, state))
-        assert_no_orphans(stand_in_tasks, state)
+                          moto_server.client, loop)
     finally:
         stand_in_tasks.close()
         stand_in_project.close()
+
+
+@pytest.fixture
+def gateway(moto_server: Moto, deployment: Deployment, images: LocalImages,
+            tmp_path: Path) -> Iterator[Gateway]:
+    with running_gateway(moto_server, deployment, images, tmp_path) as gateway:
+        yield gateway
+        # On AWS a gateway leaves the sessions running when it stops (they belong to the
+        # shared state; the reconciler culls them): stop them as the culler would, then
+        # nothing may be left behind.
+        asyncio.run(stop_sessions(gateway.service, gateway.state))
+        assert_no_orphans(gateway.tasks, gateway.state)
 
 
 # ----- helpers -----------------------------------------------------------------------------
@@ -467,3 +484,115 @@ def test_task_that_stops_before_it_is_ready_fails_the_launch_and_leaves_nothing(
     described = gateway.aws("ecs").describe_tasks(cluster=CLUSTER, tasks=[task.arn])["tasks"]
     assert described[0]["desiredStatus"] == "STOPPED"
     eventually(gateway.assert_no_orphans)
+
+
+# ----- a gateway crashes in the middle of a launch -------------------------------------------
+
+
+class GatewayCrash(BaseException):
+    """Stands for the process dying: no handler of the launch runs (they catch Exception
+    and CancelledError), nothing more is written, the task it started keeps running."""
+
+
+class CrashAfterStart:
+    """The gateway's spawner, dying just after the session's task has been started."""
+
+    def __init__(self, spawner: Any) -> None:
+        self.spawner = spawner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.spawner, name)
+
+    async def start(self, spec: Any, log: Callable[[str], None]) -> Any:
+        await self.spawner.start(spec, log)
+        raise GatewayCrash
+
+
+LEASE = 1.0
+
+
+@contextlib.contextmanager
+def crashed_and_spare_gateways(moto_server: Moto, deployment: Deployment, images: LocalImages,
+                               tmp_path: Path) -> Iterator[tuple[Gateway, Gateway]]:
+    cluster: dict[str, Any] = {}
+    with running_gateway(moto_server, deployment, images, tmp_path / "a", cluster=cluster,
+                         launch_lease_seconds=LEASE) as doomed, \
+            running_gateway(moto_server, deployment, images, tmp_path / "b", cluster=cluster,
+                            launch_lease_seconds=LEASE) as spare:
+        doomed.service.spawner = cast(Any, CrashAfterStart(doomed.service.spawner))
+        yield doomed, spare
+        asyncio.run(stop_sessions(spare.service, spare.state))
+        assert_no_orphans(spare.tasks, spare.state)
+
+
+def start_and_crash(gateway: Gateway, spec: str) -> tuple[Stream, str]:
+    """A launch on ``gateway`` up to its task's start, then the gateway dies; returns what
+    its client saw and the launch's session id."""
+    seen = read_stream(gateway.build_url(spec), timeout=120,
+                       stop_when=lambda e: "Task running at" in str(e.get("message")))
+    assert "Task running at" in seen.text(), seen.text()
+    launch = gateway.state.get_launch(launch_id(seen))
+    assert launch is not None and launch["session_id"] and launch["phase"] == "launching"
+    time.sleep(LEASE * 1.5)  # the dead gateway's lease runs out
+    return seen, str(launch["session_id"])
+
+
+def session_tasks(gateway: Gateway, session: str) -> list[str]:
+    """The ECS tasks (in moto) started for ``session``."""
+    ecs = gateway.aws("ecs")
+    arns = ecs.list_tasks(cluster=CLUSTER)["taskArns"]
+    described = ecs.describe_tasks(cluster=CLUSTER, tasks=arns, include=["TAGS"])["tasks"]
+    return [t["taskArn"] for t in described
+            if {"key": "binderless:session", "value": session} in t.get("tags", [])]
+
+
+def test_a_reconnecting_client_resumes_a_crashed_gateways_launch_without_a_second_task(
+        moto_server: Moto, deployment: Deployment, images: LocalImages, tmp_path: Path,
+        fixture_repo: MakeRepo) -> None:
+    spec = file_spec(fixture_repo("python-requirements"))
+    with crashed_and_spare_gateways(moto_server, deployment, images, tmp_path) as (a, b):
+        seen, session = start_and_crash(a, spec)
+        [task] = session_tasks(a, session)
+
+        # The browser's EventSource reconnects (to another gateway, through the load
+        # balancer) with the id of the last event it saw.
+        rest = read_stream(b.build_url(spec), headers={"Last-Event-ID": seen.ids[-1]},
+                           timeout=120)
+        assert rest.final["phase"] == "ready", rest.text()
+        assert "Picking up this launch" in rest.text()
+        assert session_id(rest.final) == session
+        # The launch host is the one the request came to (on AWS, the public address).
+        assert rest.final["url"] == f"{a.base}/user/{session}/"
+        assert session_tasks(a, session) == [task]  # found and used, not started again
+        assert {i.split(":")[0] for i in rest.ids} == {launch_id(seen)}
+        assert run_code(f"{b.base}/user/{session}/", rest.final["token"],
+                        "print(6 * 7)") == "42\n"
+        assert b.state.get_launch(launch_id(seen))["driver"] == b.service.instance_id  # type: ignore[index]
+
+
+def test_the_reconciler_finishes_a_crashed_gateways_launch_nobody_came_back_for(
+        moto_server: Moto, deployment: Deployment, images: LocalImages, tmp_path: Path,
+        fixture_repo: MakeRepo) -> None:
+    spec = file_spec(fixture_repo("python-requirements"))
+    with crashed_and_spare_gateways(moto_server, deployment, images, tmp_path) as (a, b):
+        seen, session = start_and_crash(a, spec)
+        [task] = session_tasks(a, session)
+
+        # No client comes back, and no EventBridge event arrives: the spare gateway's
+        # reconciler takes the launch over and finishes it.
+        result = asyncio.run_coroutine_threadsafe(
+            b.service.reconcile(), b.loop).result(60)
+        assert result["resumed"] == [launch_id(seen)]
+        final = eventually(lambda: ready_event(b, launch_id(seen)), timeout=60)
+        assert session_id(final) == session
+        assert session_tasks(a, session) == [task]
+        assert b.state.lookup(session).token == final["token"]
+        # Through the spare gateway: the "crashed" one is dead.
+        assert httpx.get(f"{b.base}/user/{session}/api/status",
+                         headers=auth(final["token"])).status_code == 200
+
+
+def ready_event(gateway: Gateway, launch: str) -> dict[str, Any]:
+    events = [e.to_json() for _seq, e in gateway.state.read(launch)]
+    assert events and events[-1]["phase"] == "ready", events
+    return events[-1]

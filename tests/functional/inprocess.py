@@ -16,6 +16,13 @@ from tests.conftest import free_port
 
 @contextmanager
 def serve_in_thread(service: LaunchService) -> Iterator[str]:
+    with serving(service) as (base, _loop):
+        yield base
+
+
+@contextmanager
+def serving(service: LaunchService) -> Iterator[tuple[str, asyncio.AbstractEventLoop]]:
+    """The server's base URL, and the event loop it (and so the service) runs on."""
     port = free_port()
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(create_app(service))
@@ -24,7 +31,7 @@ def serve_in_thread(service: LaunchService) -> Iterator[str]:
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", loop
     finally:
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)

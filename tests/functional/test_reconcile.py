@@ -27,18 +27,26 @@ class RecordingSpawner:
     """Stands in for ECS, which cannot run here: it remembers what was stopped."""
 
     def __init__(self) -> None:
-        self.running: set[str] = set()
+        self.alive_tasks: set[str] = set()
         self.stopped: list[str] = []
+        #: What ECS would list as running: session id -> task.
+        self.listed: dict[str, str] = {}
+
+    async def prepare(self, image: object) -> None:
+        return None
+
+    async def running(self) -> dict[str, str]:
+        return {s: t for s, t in self.listed.items() if t not in self.stopped}
 
     async def start(self, spec: SessionSpec, log: LogSink) -> SessionHandle:
         raise AssertionError("the reconciler never starts sessions")
 
     async def stop(self, handle: SessionHandle) -> None:
-        self.running.discard(handle.backend_id)
+        self.alive_tasks.discard(handle.backend_id)
         self.stopped.append(handle.backend_id)
 
     async def alive(self, handle: SessionHandle) -> bool:
-        return handle.backend_id in self.running
+        return handle.backend_id in self.alive_tasks
 
     async def tail(self, handle: SessionHandle, lines: int = 20) -> list[str]:
         return []
@@ -63,7 +71,7 @@ def test_abandoned_launch_fails_and_its_task_is_stopped(tmp_path: Path) -> None:
     svc.store.create_launch("lost", "gh", "org/repo/HEAD", clock.now)
     svc.events.append("lost", Event(Phase.LAUNCHING, "Launching server...\n"))
     svc.store.add_session(session("s-lost", "lost", "task-lost", clock.now))
-    spawner.running.add("task-lost")
+    spawner.alive_tasks.add("task-lost")
     svc.store.create_launch("busy", "gh", "org/other/HEAD", clock.now)
 
     clock.now += 600  # ten minutes: nothing is abandoned yet
@@ -105,3 +113,19 @@ def test_proxy_activity_reaches_the_shared_store_at_most_once_a_minute(tmp_path:
     clock.now += 31
     svc.record_activity("s1")
     assert svc.store.get_session("s1").last_activity == clock.now
+
+
+def test_a_server_with_no_live_session_record_is_stopped_as_an_orphan(tmp_path: Path) -> None:
+    clock, spawner = Clock(), RecordingSpawner()
+    svc = service(tmp_path, clock, spawner)
+    svc.store.create_launch("l", "gh", "org/repo/HEAD", clock.now)
+    svc.store.add_session(session("s-live", "l", "task-live", clock.now))
+    svc.store.add_session(session("s-ended", "l", "task-ended", clock.now))
+    svc.store.update_session("s-ended", status="stopped", stopped_at=clock.now)
+    spawner.alive_tasks.update({"task-live", "task-ended", "task-unknown"})
+    spawner.listed = {"s-live": "task-live", "s-ended": "task-ended", "s-unknown": "task-unknown"}
+
+    result = asyncio.run(svc.reconcile(cull=False))
+    assert sorted(result["orphans"]) == ["s-ended", "s-unknown"]
+    assert sorted(spawner.stopped) == ["task-ended", "task-unknown"]
+    assert svc.store.get_session("s-live").status == "starting"

@@ -13,7 +13,9 @@ projected) is sparse and lists items by a group derived from their state::
                                                        LAUNCHES#READY#<built>#<image_key> /
                                                          <created>#<id> once ready;
                                                        none once failed
-    session        SESSION#<session_id>  SESSION       SESSIONS#<status> / <session_id>
+    session        SESSION#<session_id>  SESSION       SESSIONS#active / <status>#<session_id>
+                                                         while starting or running;
+                                                       SESSIONS#stopped / <session_id> after
     event          EVENTS#<stream>       <seq>         none
     build claim    BUILD#<key>           BUILD         none
 
@@ -27,9 +29,16 @@ projected) is sparse and lists items by a group derived from their state::
   (``Decimal(repr(x))``); ``None`` is never stored: the attribute is left out (``REMOVE``
   on update) and reads give ``None`` back.
 * ``expires_at`` (``TTL_ATTRIBUTE``, epoch seconds) is set to ``now + finished_ttl`` on
-  launches once ``ready`` or ``failed``, on stopped sessions, on every event of a stream
-  once a final event is appended to it, and on finished build claims. DynamoDB deletes
-  such items some time after that moment.
+  launches once ``ready`` or ``failed``, on stopped sessions, on finished build claims,
+  and on every event when it is written (no stream lives anywhere near that long).
+  DynamoDB deletes such items some time after that moment.
+
+Writes of a launch started in this process are held in memory and sent together, in one
+``TransactWriteItems`` call: when the service asks (``flush``, before it starts anything
+that costs money), when a final event ends the stream, and when the oldest held write is
+``flush_after`` seconds old. Followers in this process read held events from memory at
+once; other processes see them after the flush. This keeps a launch to a handful of
+calls (see ``bench/aws_calls.py``).
 
 Reads of single items and of event streams are strongly consistent. Listings through the
 index (``sessions``, ``count_active``, ``unfinished_launches``, ``launch_durations``) are
@@ -67,12 +76,19 @@ GSI1 = "gsi1"
 _FINISHED_PHASES = frozenset({"ready", "failed"})
 _ACTIVE = ("starting", "running")
 _UNFINISHED = "LAUNCHES#UNFINISHED"
+_ACTIVE_SESSIONS = "SESSIONS#active"
 _SEQ_DIGITS = 10
 # An item may hold 400 KB; a longer build log line is cut rather than refused.
 _MAX_EVENT_BYTES = 350_000
 _MAX_APPEND_ATTEMPTS = 100
 _MAX_CACHED_STREAMS = 10_000
-_BATCH = 25
+# TransactWriteItems takes at most 100 writes and 4 MB; stay clear of the size limit.
+_TRANSACTION_ITEMS = 100
+_TRANSACTION_BYTES = 3_000_000
+_MAX_FLUSH_ATTEMPTS = 5
+# Streams of finished launches stay readable from memory this long (and at most this many).
+_RECENT_SECONDS = 300.0
+_MAX_RECENT = 1000
 
 Item = dict[str, dict[str, Any]]
 
@@ -87,6 +103,9 @@ _LAUNCH_FIELDS: dict[str, tuple[type, Any]] = {
     "built": (int, 0),
     "created_at": (float, None),
     "finished_at": (float, None),
+    "request": (str, ""),
+    "driver": (str, ""),
+    "lease_until": (float, None),
 }
 _SESSION_FLOATS = frozenset({"created_at", "last_activity", "stopped_at"})
 _SESSION_FIELDS = tuple(f.name for f in dataclasses.fields(SessionRecord))
@@ -212,6 +231,26 @@ class _Update:
         return args
 
 
+class _Cancelled(Exception):
+    """A ``TransactWriteItems`` call was refused; ``reasons`` line up with its writes."""
+
+    def __init__(self, reasons: list[dict[str, Any]], message: str) -> None:
+        super().__init__(message)
+        self.reasons = reasons
+        self.message = message
+
+
+def _message_of(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Message", "")) or str(exc)
+    return str(exc)
+
+
+class _SequenceTaken(Exception):
+    """A held event's sequence number was taken by another writer."""
+
+
 class _ConditionFailed(Exception):
     """A conditional write found the item in another state (``item``: as it was, if known)."""
 
@@ -248,12 +287,101 @@ def _event_data(event: Event) -> str:
     return data
 
 
+
+def _session_keys(session_id: str, status: str, expiry: int) -> dict[str, str | int | None]:
+    """Index keys and expiry of a session in ``status`` (``None``: remove the attribute)."""
+    if status in _ACTIVE:
+        return {"gsi1pk": _ACTIVE_SESSIONS, "gsi1sk": f"{status}#{session_id}",
+                TTL_ATTRIBUTE: None}
+    return {"gsi1pk": f"SESSIONS#{status}", "gsi1sk": session_id,
+            TTL_ATTRIBUTE: expiry if status == "stopped" else None}
+
+
+def _launch_keys(item: Item, expiry: int) -> dict[str, str | int | None]:
+    """Index keys and expiry of a launch item, from its phase (``None``: remove)."""
+    launch_id = _str(item, "launch_id")
+    phase = _str(item, "phase")
+    created = _float(item, "created_at") or 0.0
+    finished = phase in _FINISHED_PHASES
+    keys: dict[str, str | int | None] = {"gsi1pk": None, "gsi1sk": None}
+    if not finished:
+        keys = {"gsi1pk": _UNFINISHED, "gsi1sk": f"{_stamp(created)}#{launch_id}"}
+    elif phase == "ready" and _float(item, "finished_at") is not None:
+        keys = {"gsi1pk": f"LAUNCHES#READY#{_int(item, 'built')}#{_str(item, 'image_key')}",
+                "gsi1sk": f"{_stamp(created)}#{launch_id}"}
+    if not finished:
+        keys[TTL_ATTRIBUTE] = None
+    elif TTL_ATTRIBUTE not in item:
+        keys[TTL_ATTRIBUTE] = expiry
+    return keys
+
+
+def _holds(item: Item, name: str, value: str | int | float | None) -> bool:
+    """Whether ``item`` already has ``value`` as ``name`` (``None``: has no ``name``)."""
+    if value is None:
+        return name not in item
+    return name in item and item[name] == _value(value)
+
+
+@dataclasses.dataclass
+class _Pending:
+    """An item whose latest writes are held in memory: ``item`` as this process knows it,
+    ``written`` once the table has a version of it, ``changes`` since that version
+    (``None`` removes the attribute)."""
+
+    item: Item
+    written: bool = False
+    changes: dict[str, str | int | float | None] = dataclasses.field(default_factory=dict)
+
+    def change(self, changes: Mapping[str, str | int | float | None]) -> None:
+        for name, value in changes.items():
+            if value is None:
+                self.item.pop(name, None)
+            else:
+                self.item[name] = _value(value)
+            self.changes[name] = value
+
+    @property
+    def dirty(self) -> bool:
+        return not self.written or bool(self.changes)
+
+
+@dataclasses.dataclass
+class _Held:
+    """The held writes of one launch: its record, its sessions, its event stream.
+
+    ``local`` is the stream as this process wrote it, from sequence number ``first``;
+    followers here read it from memory."""
+
+    launch: _Pending
+    sessions: dict[str, _Pending] = dataclasses.field(default_factory=dict)
+    events: list[Item] = dataclasses.field(default_factory=list)
+    local: list[tuple[int, Event]] = dataclasses.field(default_factory=list)
+    first: int = 1
+    seq: int = 0
+    since: float | None = None
+    final: bool = False
+    ended_at: float = 0.0
+
+    def touch(self) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self.events) or self.launch.dirty or any(
+            p.dirty for p in self.sessions.values())
+
+
 class DynamoState:
     """``Store``, ``RouteTable``, ``EventLog`` and ``BuildClaims`` in one DynamoDB table.
 
     ``client`` is a boto3 DynamoDB client (not a resource); ``clock`` gives the time for
     event and TTL stamps; followers poll every ``poll_interval`` seconds; items of finished
     launches, sessions, streams and builds expire ``finished_ttl`` seconds after the end.
+    With ``write_behind`` (the session gateway), the writes of launches created here are
+    held and sent together (see the module doc); without it (the Lambda functions) every
+    write is sent at once.
     """
 
     def __init__(
@@ -264,6 +392,8 @@ class DynamoState:
         clock: Callable[[], float] = time.time,
         poll_interval: float = 2.0,
         finished_ttl: float = 7 * 86400,
+        write_behind: bool = False,
+        flush_after: float = 5.0,
     ) -> None:
         self.client = client
         self.table_name = table_name
@@ -277,11 +407,18 @@ class DynamoState:
         # Followers in this process wake at once when this process appends to their stream;
         # events other processes write are found by polling.
         self._wakeups: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+        # Writes of launches started here, held until the next flush (see the module doc).
+        self.write_behind = write_behind
+        self.flush_after = flush_after
+        self._held: dict[str, _Held] = {}
+        self._session_launch: dict[str, str] = {}
+        self._hold_lock = threading.RLock()
+        self._recent: dict[str, _Held] = {}
 
     # ----- calls -----------------------------------------------------------------------
 
     def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
-        if "RequestItems" not in kwargs:
+        if "RequestItems" not in kwargs and "TransactItems" not in kwargs:
             kwargs["TableName"] = self.table_name
         try:
             response = getattr(self.client, operation)(**kwargs)
@@ -290,6 +427,9 @@ class DynamoState:
             if code == "ConditionalCheckFailedException":
                 old = getattr(exc, "response", {}).get("Item")
                 raise _ConditionFailed(old) from exc
+            if code == "TransactionCanceledException":
+                reasons = getattr(exc, "response", {}).get("CancellationReasons") or []
+                raise _Cancelled(reasons, _message_of(exc)) from exc
             code = _sdk_failure(exc)
             if not code:
                 raise
@@ -345,13 +485,20 @@ class DynamoState:
             "sk": {"S": "LAUNCH"},
             "launch_id": {"S": launch_id},
             "version": {"N": "0"},
-            "gsi1pk": {"S": _UNFINISHED},
-            "gsi1sk": {"S": f"{_stamp(now)}#{launch_id}"},
         }
         for name, (_kind, default) in _LAUNCH_FIELDS.items():
             if default is not None:
                 item[name] = _value(default)
         item.update(provider=_value(provider), spec=_value(spec), created_at=_value(now))
+        pending = _Pending(item)
+        pending.change(_launch_keys(item, self._expiry()))
+        if self.write_behind:
+            with self._hold_lock:
+                if launch_id in self._held:
+                    raise ValueError(f"Launch {launch_id} already exists.")
+                self._held[launch_id] = held = _Held(pending)
+                held.touch()
+            return
         try:
             self._call("put_item", Item=item, ConditionExpression="attribute_not_exists(pk)")
         except _ConditionFailed as exc:
@@ -363,6 +510,16 @@ class DynamoState:
         unknown = set(fields) - set(_LAUNCH_FIELDS)
         if unknown:
             raise ValueError(f"Launches have no field {', '.join(sorted(unknown))}.")
+        with self._hold_lock:
+            held = self._held.get(launch_id)
+            if held is not None:
+                launch = held.launch
+                launch.change(fields)
+                launch.change({"version": _int(launch.item, "version") + 1})
+                launch.change(_launch_keys(launch.item, self._expiry()))
+                held.touch()
+                self._flush_if_due(launch_id, held)
+                return
         update = _Update()
         for name, value in fields.items():
             update.set(name, value)
@@ -371,42 +528,55 @@ class DynamoState:
         if response is not None:
             self._index_launch(cast(Item, response["Attributes"]))
 
+    def take_launch(self, launch_id: str, driver: str, *, was_driver: str,
+                    was_lease: float | None, lease_until: float) -> bool:
+        """Become the driver of an unfinished launch, if its driver and lease are still
+        ``was_driver`` and ``was_lease`` (nobody else took it in between). With
+        ``write_behind``, the launch's writes are held here from now on."""
+        update = _Update()
+        update.set("driver", driver)
+        update.set("lease_until", lease_until)
+        update.increment("version")
+        condition = (f"attribute_exists(pk) AND {update.name('driver')} = "
+                     f"{update.value(was_driver)}")
+        lease = update.name("lease_until")
+        condition += (f" AND {lease} = {update.value(was_lease)}" if was_lease is not None
+                      else f" AND attribute_not_exists({lease})")
+        condition += f" AND NOT {update.name('phase')} IN ({update.value('ready')}, " \
+                     f"{update.value('failed')})"
+        response = self._update(f"LAUNCH#{launch_id}", "LAUNCH", update, condition,
+                                ReturnValues="ALL_NEW")
+        if response is None:
+            return False
+        if self.write_behind:
+            last = self.last_seq(launch_id)
+            with self._hold_lock:
+                self._held[launch_id] = _Held(
+                    _Pending(cast(Item, response["Attributes"]), written=True),
+                    first=last + 1, seq=last)
+        return True
+
     def _index_launch(self, item: Item) -> None:
         """Bring the index keys and the expiry of a launch in line with its phase.
 
         They derive from several attributes that separate updates set, so they are written
         after the update that changed them, only if no later update came in between
         (a later one re-indexes)."""
-        launch_id = _str(item, "launch_id")
-        phase = _str(item, "phase")
-        created = _float(item, "created_at") or 0.0
-        finished = phase in _FINISHED_PHASES
-        gsi: tuple[str, str] | None = None
-        if not finished:
-            gsi = (_UNFINISHED, f"{_stamp(created)}#{launch_id}")
-        elif phase == "ready" and _float(item, "finished_at") is not None:
-            gsi = (f"LAUNCHES#READY#{_int(item, 'built')}#{_str(item, 'image_key')}",
-                   f"{_stamp(created)}#{launch_id}")
-        current = (_str(item, "gsi1pk"), _str(item, "gsi1sk")) if "gsi1pk" in item else None
-        has_expiry = TTL_ATTRIBUTE in item
-        if gsi == current and has_expiry == finished:
+        keys = _launch_keys(item, self._expiry())
+        if all(_holds(item, name, value) for name, value in keys.items()):
             return
         update = _Update()
-        if gsi is None:
-            update.remove("gsi1pk")
-            update.remove("gsi1sk")
-        else:
-            update.set("gsi1pk", gsi[0])
-            update.set("gsi1sk", gsi[1])
-        if finished and not has_expiry:
-            update.set(TTL_ATTRIBUTE, self._expiry())
-        elif not finished and has_expiry:
-            update.remove(TTL_ATTRIBUTE)
+        for name, value in keys.items():
+            update.set(name, value)
         condition = f"{update.name('version')} = {update.value(_int(item, 'version'))}"
-        self._update(f"LAUNCH#{launch_id}", "LAUNCH", update, condition)
+        self._update(f"LAUNCH#{_str(item, 'launch_id')}", "LAUNCH", update, condition)
 
     def get_launch(self, launch_id: str) -> dict[str, Any] | None:
-        item = self._get(f"LAUNCH#{launch_id}", "LAUNCH")
+        with self._hold_lock:
+            held = self._held.get(launch_id)
+            item = dict(held.launch.item) if held is not None else None
+        if item is None:
+            item = self._get(f"LAUNCH#{launch_id}", "LAUNCH")
         if item is None:
             return None
         launch: dict[str, Any] = {"launch_id": launch_id}
@@ -440,15 +610,21 @@ class DynamoState:
         item: Item = {
             "pk": {"S": f"SESSION#{record.session_id}"},
             "sk": {"S": "SESSION"},
-            "gsi1pk": {"S": f"SESSIONS#{record.status}"},
-            "gsi1sk": {"S": record.session_id},
         }
         for name in _SESSION_FIELDS:
             value = getattr(record, name)
             if value is not None:
                 item[name] = _value(value)
-        if record.status == "stopped":
-            item[TTL_ATTRIBUTE] = _value(self._expiry())
+        for name, value in _session_keys(record.session_id, record.status, self._expiry()).items():
+            if value is not None:
+                item[name] = _value(value)
+        with self._hold_lock:
+            held = self._held.get(record.launch_id)
+            if held is not None:
+                held.sessions[record.session_id] = _Pending(item)
+                self._session_launch[record.session_id] = record.launch_id
+                held.touch()
+                return
         try:
             self._call("put_item", Item=item, ConditionExpression="attribute_not_exists(pk)")
         except _ConditionFailed as exc:
@@ -460,19 +636,18 @@ class DynamoState:
         unknown = set(fields) - set(_SESSION_FIELDS[1:])
         if unknown:
             raise ValueError(f"Sessions have no field {', '.join(sorted(unknown))}.")
-        update = _Update()
-        for name, value in fields.items():
-            update.set(name, value)
+        changes: dict[str, str | int | float | None] = dict(fields)
         if "status" in fields:
-            update.set("gsi1pk", f"SESSIONS#{fields['status']}")
-            if fields["status"] == "stopped":
-                update.set(TTL_ATTRIBUTE, self._expiry())
-            else:
-                update.remove(TTL_ATTRIBUTE)
+            changes.update(_session_keys(session_id, str(fields["status"]), self._expiry()))
+        if self._change_held_session(session_id, changes):
+            return
+        update = _Update()
+        for name, value in changes.items():
+            update.set(name, value)
         self._update(f"SESSION#{session_id}", "SESSION", update)
 
     def get_session(self, session_id: str) -> SessionRecord:
-        item = self._get(f"SESSION#{session_id}", "SESSION")
+        item = self._held_session(session_id) or self._get(f"SESSION#{session_id}", "SESSION")
         if item is None:
             raise SessionNotFound(f"There is no session {session_id!r}.")
         return self._record(item)
@@ -485,43 +660,49 @@ class DynamoState:
         return SessionRecord(**values)
 
     def sessions(self, *statuses: str) -> list[SessionRecord]:
-        return [self._record(item) for status in dict.fromkeys(statuses)
-                for item in self._query_index(f"SESSIONS#{status}")]
+        records: list[SessionRecord] = []
+        for status in dict.fromkeys(statuses):
+            if status in _ACTIVE:
+                items = self._query(
+                    IndexName=GSI1,
+                    KeyConditionExpression="gsi1pk = :g AND begins_with(gsi1sk, :s)",
+                    ExpressionAttributeValues={":g": {"S": _ACTIVE_SESSIONS},
+                                               ":s": {"S": f"{status}#"}})
+            else:
+                items = self._query_index(f"SESSIONS#{status}")
+            records += [self._record(item) for item in items]
+        return records
 
     def count_active(self, repo_url: str | None = None) -> int:
-        total = 0
-        for status in _ACTIVE:
-            args: dict[str, Any] = {
-                "IndexName": GSI1,
-                "Select": "COUNT",
-                "KeyConditionExpression": "gsi1pk = :g",
-                "ExpressionAttributeValues": {":g": {"S": f"SESSIONS#{status}"}},
-            }
-            if repo_url is not None:
-                args["FilterExpression"] = "repo_url = :r"
-                args["ExpressionAttributeValues"][":r"] = {"S": repo_url}
-            while True:
-                page = self._call("query", **args)
-                total += int(page.get("Count", 0))
-                if not page.get("LastEvaluatedKey"):
-                    break
-                args["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-        return total
+        total, of_repo = self.active_counts(repo_url or "")
+        return total if repo_url is None else of_repo
+
+    def active_counts(self, repo_url: str) -> tuple[int, int]:
+        """Sessions starting or running: in all, and of ``repo_url``; one query."""
+        total = of_repo = 0
+        for item in self._query(IndexName=GSI1, KeyConditionExpression="gsi1pk = :g",
+                                ExpressionAttributeValues={":g": {"S": _ACTIVE_SESSIONS}},
+                                ProjectionExpression="repo_url"):
+            total += 1
+            of_repo += _str(item, "repo_url") == repo_url
+        return total, of_repo
 
     # ----- RouteTable: on the session items --------------------------------------------
 
     def add(self, route: Route) -> None:
+        changes: dict[str, str | int | float | None] = {
+            "target": route.target, "token": route.token, "status": "running",
+            **_session_keys(route.session_id, "running", 0)}
+        if self._change_held_session(route.session_id, changes):
+            return
         update = _Update()
-        update.set("target", route.target)
-        update.set("token", route.token)
-        update.set("status", "running")
-        update.set("gsi1pk", "SESSIONS#running")
-        update.remove(TTL_ATTRIBUTE)
+        for name, value in changes.items():
+            update.set(name, value)
         self._update(f"SESSION#{route.session_id}", "SESSION", update)
 
     def lookup(self, session_id: str) -> Route:
-        item = self._get(f"SESSION#{session_id}", "SESSION",
-                         ("session_id", "target", "token", "owner", "status"))
+        item = self._held_session(session_id) or self._get(
+            f"SESSION#{session_id}", "SESSION", ("session_id", "target", "token", "owner", "status"))
         if item is None or _str(item, "status") != "running":
             raise SessionNotFound(
                 f"Session {session_id} is not running.",
@@ -531,6 +712,8 @@ class DynamoState:
                      token=_str(item, "token"), owner=_str(item, "owner"))
 
     def remove(self, session_id: str) -> None:
+        if self._change_held_session(session_id, {"target": ""}):
+            return
         update = _Update()
         update.set("target", "")
         self._update(f"SESSION#{session_id}", "SESSION", update)
@@ -540,24 +723,37 @@ class DynamoState:
     def append(self, stream: str, event: Event) -> int:
         """Store ``event`` as the next of ``stream``, also with other writers at work.
 
-        The item of a sequence number is written only if it does not exist yet; a writer
-        that finds it taken reads the last number and tries the next one. A number is
-        taken only once the previous one exists, so the numbers have no gaps and a reader
-        never sees a later event before an earlier one."""
+        The stream of a launch whose writes are held gets the next number of this
+        process, and the event waits for the next flush (a final event flushes at once,
+        before any follower hears of it). Otherwise the item of a sequence number is
+        written only if it does not exist yet; a writer that finds it taken reads the last
+        number and tries the next one. A number is taken only once the previous one
+        exists, so the numbers have no gaps and a reader never sees a later event before
+        an earlier one."""
         data = _event_data(event)
         final = event.is_final
+        with self._hold_lock:
+            held = self._held.get(stream)
+            if held is not None:
+                held.seq += 1
+                seq = held.seq
+                held.events.append(self._event_item(stream, seq, data))
+                held.local.append((seq, event))
+                held.touch()
+                if final:
+                    held.final = True
+                    held.ended_at = time.monotonic()
+                    self.flush(stream)
+                    self._release(stream)
+                else:
+                    self._flush_if_due(stream, held)
+        if held is not None:
+            self._wake(stream)
+            return seq
         with self._seq_lock:
             seq = self._last_seq.get(stream, 0) + 1
         for _attempt in range(_MAX_APPEND_ATTEMPTS):
-            item: Item = {
-                "pk": {"S": f"EVENTS#{stream}"},
-                "sk": {"S": _seq_key(seq)},
-                "seq": _value(seq),
-                "data": {"S": data},
-                "created_at": _value(self.clock()),
-            }
-            if final:
-                item[TTL_ATTRIBUTE] = _value(self._expiry())
+            item = self._event_item(stream, seq, data)
             try:
                 self._call("put_item", Item=item, ConditionExpression="attribute_not_exists(pk)")
             except _ConditionFailed:
@@ -565,10 +761,18 @@ class DynamoState:
                 continue
             self._remember(stream, seq, final)
             self._wake(stream)
-            if final:
-                self._expire_stream(stream, int(item[TTL_ATTRIBUTE]["N"]))
             return seq
         raise _unavailable("too many concurrent writers to one event stream")
+
+    def _event_item(self, stream: str, seq: int, data: str) -> Item:
+        return {
+            "pk": {"S": f"EVENTS#{stream}"},
+            "sk": {"S": _seq_key(seq)},
+            "seq": _value(seq),
+            "data": {"S": data},
+            "created_at": _value(self.clock()),
+            TTL_ATTRIBUTE: _value(self._expiry()),
+        }
 
     def _remember(self, stream: str, seq: int, final: bool) -> None:
         with self._seq_lock:
@@ -579,38 +783,150 @@ class DynamoState:
                 self._last_seq.clear()
             self._last_seq[stream] = max(seq, self._last_seq.get(stream, 0))
 
-    def _expire_stream(self, stream: str, expires_at: int) -> None:
-        """Give every event of a finished stream its expiry. Events never change once
-        written, so each is rewritten whole, 25 to a request. Failing here loses nothing
-        but the expiry, so it is logged, not raised."""
+    # ----- held writes -------------------------------------------------------------------
+
+    def _held_session(self, session_id: str) -> Item | None:
+        with self._hold_lock:
+            launch_id = self._session_launch.get(session_id)
+            held = self._held.get(launch_id) if launch_id else None
+            pending = held.sessions.get(session_id) if held is not None else None
+            return dict(pending.item) if pending is not None else None
+
+    def _change_held_session(self, session_id: str,
+                             changes: Mapping[str, str | int | float | None]) -> bool:
+        with self._hold_lock:
+            launch_id = self._session_launch.get(session_id)
+            held = self._held.get(launch_id) if launch_id else None
+            pending = held.sessions.get(session_id) if held is not None else None
+            if held is None or pending is None or launch_id is None:
+                return False
+            pending.change(changes)
+            held.touch()
+            self._flush_if_due(launch_id, held)
+            return True
+
+    def _flush_if_due(self, launch_id: str, held: _Held) -> None:
+        if held.since is not None and time.monotonic() - held.since >= self.flush_after:
+            self.flush(launch_id)
+
+    def flush(self, launch_id: str) -> None:
+        """Send the held writes of ``launch_id`` (nothing when none are held), in as few
+        ``TransactWriteItems`` calls as the limits allow: usually one."""
+        with self._hold_lock:
+            held = self._held.get(launch_id)
+            if held is None or not held.dirty:
+                return
+            for _attempt in range(_MAX_FLUSH_ATTEMPTS):
+                try:
+                    self._send(held)
+                except _SequenceTaken:
+                    self._renumber(launch_id, held)
+                    continue
+                held.since = None
+                return
+            raise _unavailable("another writer kept taking this launch's event numbers")
+
+    def _send(self, held: _Held) -> None:
+        records: list[dict[str, Any]] = []
+        for pending in (held.launch, *held.sessions.values()):
+            if pending.dirty:
+                records.append(self._write_of(pending))
+        events = [{"Put": {"TableName": self.table_name, "Item": item,
+                           "ConditionExpression": "attribute_not_exists(pk)"}}
+                  for item in held.events]
+        # Events first, so that a reader never finds a launch ready without its events.
+        batches: list[list[dict[str, Any]]] = []
+        batch: list[dict[str, Any]] = []
+        size = 0
+        for write in events:
+            weight = len(json.dumps(write))
+            if len(batch) == _TRANSACTION_ITEMS or size + weight > _TRANSACTION_BYTES:
+                batches.append(batch)
+                batch, size = [], 0
+            batch.append(write)
+            size += weight
+        if batch and len(batch) + len(records) > _TRANSACTION_ITEMS:
+            batches.append(batch)
+            batch = []
+        batches.append(batch + records)
+        for chunk in batches:
+            self._transact(chunk)
+            written = sum(1 for write in chunk if "Put" in write and
+                          write["Put"]["Item"]["pk"]["S"].startswith("EVENTS#"))
+            del held.events[:written]
+        for pending in (held.launch, *held.sessions.values()):
+            pending.written = True
+            pending.changes.clear()
+
+    def _write_of(self, pending: _Pending) -> dict[str, Any]:
+        key = {"pk": pending.item["pk"], "sk": pending.item["sk"]}
+        if not pending.written:
+            return {"Put": {"TableName": self.table_name, "Item": pending.item,
+                            "ConditionExpression": "attribute_not_exists(pk)"}}
+        update = _Update()
+        for name, value in pending.changes.items():
+            update.set(name, value)
+        return {"Update": {"TableName": self.table_name, "Key": key,
+                           **update.kwargs("attribute_exists(pk)")}}
+
+    def _transact(self, writes: list[dict[str, Any]]) -> None:
+        if not writes:
+            return
         try:
-            pending = [
-                {"PutRequest": {"Item": {**item, TTL_ATTRIBUTE: _value(expires_at)}}}
-                for item in self._query(KeyConditionExpression="pk = :p",
-                                        ExpressionAttributeValues={":p": {"S": f"EVENTS#{stream}"}},
-                                        ConsistentRead=True)
-                if TTL_ATTRIBUTE not in item
-            ]
-            delay = 0.05
-            for _attempt in range(8):
-                if not pending:
-                    return
-                rest: list[dict[str, Any]] = []
-                for start in range(0, len(pending), _BATCH):
-                    chunk = pending[start:start + _BATCH]
-                    response = self._call("batch_write_item",
-                                          RequestItems={self.table_name: chunk})
-                    rest += response.get("UnprocessedItems", {}).get(self.table_name, [])
-                pending = rest
-                if pending:
-                    time.sleep(delay)
-                    delay *= 2
-            log.warning("%d events of stream %s got no expiry", len(pending), stream)
-        except StateUnavailable:
-            log.warning("could not set the expiry of the events of stream %s", stream,
-                        exc_info=True)
+            self._call("transact_write_items", TransactItems=writes)
+        except _Cancelled as exc:
+            taken = any(reason.get("Code") == "ConditionalCheckFailed" and "Put" in write
+                        and write["Put"]["Item"]["pk"]["S"].startswith("EVENTS#")
+                        for reason, write in zip(exc.reasons, writes, strict=False))
+            # Without reasons (some SDKs drop them), the message still names the cause.
+            if taken or (not exc.reasons and "ConditionalCheckFailed" in exc.message):
+                raise _SequenceTaken from exc
+            log.warning("DynamoDB refused a transaction: %s", exc.message)
+            raise _unavailable("TransactionCanceledException") from exc
+
+    def _renumber(self, stream: str, held: _Held) -> None:
+        """Another process wrote to this stream (the reconciler, taking an abandoned launch
+        for failed): number the held events after what the table has."""
+        last = self.last_seq(stream)
+        written = held.seq - len(held.events)
+        shift = last - written
+        log.warning("stream %s: another writer appended %d events; renumbering", stream, shift)
+        for item in held.events:
+            seq = _int(item, "seq") + shift
+            item["seq"] = _value(seq)
+            item["sk"] = {"S": _seq_key(seq)}
+        held.local = [(seq + shift if seq > written else seq, event)
+                      for seq, event in held.local]
+        held.seq += shift
+
+    def _release(self, launch_id: str) -> None:
+        """A flushed, finished launch: stop holding its writes. Its stream stays readable
+        from memory for a while, for followers that reconnect here."""
+        held = self._held.get(launch_id)
+        if held is None or held.dirty:
+            return
+        for session_id in held.sessions:
+            self._session_launch.pop(session_id, None)
+        self._recent[launch_id] = held
+        self._held.pop(launch_id, None)
+        now = time.monotonic()
+        for stream, old in list(self._recent.items()):
+            if now - old.ended_at > _RECENT_SECONDS or len(self._recent) > _MAX_RECENT:
+                self._recent.pop(stream, None)
+
+    def _local_events(self, stream: str, after: int) -> list[tuple[int, Event]] | None:
+        """The events after ``after`` from this process's memory, or ``None`` when memory
+        does not hold all of them."""
+        with self._hold_lock:
+            held = self._held.get(stream) or self._recent.get(stream)
+            if held is None or after < held.first - 1:
+                return None
+            return [(seq, event) for seq, event in held.local if seq > after]
 
     def read(self, stream: str, after: int = 0) -> list[tuple[int, Event]]:
+        local = self._local_events(stream, after)
+        if local is not None:
+            return local
         items = self._query(
             KeyConditionExpression="pk = :p AND sk > :s",
             ExpressionAttributeValues={":p": {"S": f"EVENTS#{stream}"},
@@ -649,7 +965,9 @@ class DynamoState:
         self, stream: str, after: int = 0, *, tick: float = 20.0
     ) -> AsyncIterator[tuple[int, Event] | None]:
         """Read the stream when this process appends to it, and poll every ``poll_interval``
-        seconds for what other processes append (the table cannot notify)."""
+        seconds for what other processes append (the table cannot notify). A stream this
+        process writes is read from memory, without polling; following it also sends its
+        held writes once they are due."""
         loop = asyncio.get_running_loop()
         quiet_since = loop.time()
         waiter = asyncio.Event()
@@ -658,7 +976,12 @@ class DynamoState:
                 waiter = asyncio.Event()
                 with self._seq_lock:
                     self._wakeups.setdefault(stream, []).append((loop, waiter))
-            items = await asyncio.to_thread(self.read, stream, after)
+            items = self._local_events(stream, after)
+            local = items is not None
+            if items is None:
+                items = await asyncio.to_thread(self.read, stream, after)
+            else:
+                await asyncio.to_thread(self.flush_if_due, stream)
             for seq, event in items:
                 after = seq
                 yield seq, event
@@ -671,9 +994,20 @@ class DynamoState:
                 quiet_since = now
                 yield None
                 continue
+            wait = quiet_since + tick - now
+            if not local:
+                wait = min(self.poll_interval, wait)
+            elif self.flush_after > 0:
+                wait = min(self.flush_after, wait)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter.wait(),
-                                       timeout=min(self.poll_interval, quiet_since + tick - now))
+                await asyncio.wait_for(waiter.wait(), timeout=wait)
+
+    def flush_if_due(self, launch_id: str) -> None:
+        """Send the held writes of ``launch_id`` if the oldest is ``flush_after`` old."""
+        with self._hold_lock:
+            held = self._held.get(launch_id)
+            if held is not None:
+                self._flush_if_due(launch_id, held)
 
     # ----- BuildClaims -----------------------------------------------------------------
 

@@ -12,6 +12,7 @@ Vendor errors become ``LaunchFailed`` or ``QuotaExceeded`` here, with ``raise ..
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,9 +25,12 @@ __all__ = [
     "CONTAINER_NAME",
     "CONTAINER_USER",
     "PERSISTENT_PATH",
+    "SESSION_TAG",
     "EfsMount",
     "FargateTasks",
+    "TaskDefinitionMissing",
     "TaskState",
+    "definition_digest",
     "task_family",
 ]
 
@@ -41,6 +45,9 @@ _FAMILY_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 _FAMILY_MAX = 255
 #: RunTask accepts client tokens of at most 64 characters.
 _CLIENT_TOKEN_MAX = 64
+_DESCRIBE_MAX = 100
+#: The tag naming the session a task serves.
+SESSION_TAG = "binderless:session"
 
 #: Words of ECS answers meaning the account hit a limit: a quota, not a fault.
 _LIMIT_MARKERS = ("reached the limit", "limit exceeded", "rate exceeded", "too many")
@@ -134,6 +141,24 @@ def _client_failure(action: str, exc: BaseException) -> LaunchFailed:
                              "of binderless.")
 
 
+
+class TaskDefinitionMissing(LaunchFailed):
+    """RunTask named a family with no ACTIVE revision (never registered, or deregistered)."""
+
+
+def definition_digest(request: Mapping[str, Any]) -> str:
+    """A short hash of what a task definition request runs (not its family name): two
+    requests with the same digest are interchangeable."""
+    text = json.dumps(_fingerprint(request), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def _missing_definition(exc: BaseException) -> bool:
+    text = _message(exc).lower()
+    return error_code(exc) == "ClientException" and (
+        "unable to describe" in text or
+        ("taskdefinition" in text.replace(" ", "") and ("not found" in text or "inactive" in text)))
+
 class FargateTasks:
     """Session tasks in one ECS cluster, each in the given private subnets and groups."""
 
@@ -225,6 +250,17 @@ class FargateTasks:
             raise _client_failure(f"register the task definition {family}", exc) from exc
         return str(answer["taskDefinition"]["taskDefinitionArn"])
 
+    def register(self, request: Mapping[str, Any]) -> str:
+        """Register a task definition revision (a request from ``task_definition``)."""
+        try:
+            answer = self.client.register_task_definition(**request)
+        except Exception as exc:
+            if not _from_aws(exc):
+                raise
+            raise _client_failure(f"register the task definition {request.get('family')}",
+                                  exc) from exc
+        return str(answer["taskDefinition"]["taskDefinitionArn"])
+
     def _latest(self, family: str) -> dict[str, Any] | None:
         try:
             answer = self.client.describe_task_definition(taskDefinition=family)
@@ -243,7 +279,8 @@ class FargateTasks:
     def run(self, task_definition: str, *, environment: Mapping[str, str],
             command: Sequence[str], client_token: str,
             tags: Mapping[str, str] | None = None) -> str:
-        """Start one task; returns its ARN.
+        """Start one task of ``task_definition`` (an ARN, or a family: its latest ACTIVE
+        revision); returns its ARN. Raises ``TaskDefinitionMissing`` when there is none.
 
         ``client_token`` makes the call idempotent: ECS answers a repeated call with the
         same token with the task the first call started, so retries never start two.
@@ -277,6 +314,9 @@ class FargateTasks:
         except Exception as exc:
             if not _from_aws(exc):
                 raise
+            if _missing_definition(exc):
+                raise TaskDefinitionMissing(
+                    f"ECS has no active task definition {task_definition}.") from exc
             raise _translate(_message(exc), code=error_code(exc)) from exc
         tasks = answer.get("tasks") or []
         if tasks:
@@ -300,6 +340,36 @@ class FargateTasks:
             return TaskState("STOPPED", "STOPPED",
                              stopped_reason="ECS has no record of this task any more")
         return _state(tasks[0])
+
+    def session_tasks(self) -> dict[str, str]:
+        """Tasks binderless started that are not stopping, by their session id (tag
+        ``binderless:session``): the reconciler's view of what runs, and how a resumed
+        launch finds the task a crashed gateway started."""
+        arns: list[str] = []
+        request: dict[str, Any] = {"cluster": self.cluster, "startedBy": "binderless",
+                                   "desiredStatus": "RUNNING"}
+        try:
+            while True:
+                answer = self.client.list_tasks(**request)
+                arns += answer.get("taskArns") or []
+                if not answer.get("nextToken"):
+                    break
+                request["nextToken"] = answer["nextToken"]
+            found: dict[str, str] = {}
+            for start in range(0, len(arns), _DESCRIBE_MAX):
+                answer = self.client.describe_tasks(cluster=self.cluster,
+                                                    tasks=arns[start:start + _DESCRIBE_MAX],
+                                                    include=["TAGS"])
+                for task in answer.get("tasks") or []:
+                    tags = {t.get("key"): t.get("value") for t in task.get("tags") or []}
+                    session = tags.get(SESSION_TAG)
+                    if session and not _state(task).stopping:
+                        found[str(session)] = str(task["taskArn"])
+        except Exception as exc:
+            if not _from_aws(exc):
+                raise
+            raise _client_failure("list the session tasks", exc) from exc
+        return found
 
     def stop(self, task_arn: str, reason: str) -> None:
         """Stop the task; one that is stopped already, or unknown to ECS, is fine."""

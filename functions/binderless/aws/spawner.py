@@ -23,14 +23,23 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..backends.docker import CONTAINER_PORT, jupyter_arguments, start_script_env
-from ..backends.protocols import LogSink, SessionHandle, SessionSpec
+from ..backends.protocols import ImageRef, LogSink, SessionHandle, SessionSpec
 from ..errors import BinderlessError, LaunchFailed
-from .ecs import FargateTasks, TaskState, task_family
+from .ecs import (
+    SESSION_TAG,
+    EfsMount,
+    FargateTasks,
+    TaskDefinitionMissing,
+    TaskState,
+    definition_digest,
+    task_family,
+)
 
-__all__ = ["CheckoutObjects", "FargateSpawner", "LogReader", "checkout_key", "pack_checkout"]
+__all__ = ["AccessPoints", "CheckoutObjects", "FargateSpawner", "LogReader", "checkout_key",
+           "pack_checkout"]
 
 log = logging.getLogger("binderless.aws.spawner")
 
@@ -54,6 +63,14 @@ class CheckoutObjects(Protocol):
 
     def presigned_get(self, key: str, expires: int, /) -> str:
         """A URL that reads ``key`` without credentials for ``expires`` seconds."""
+        ...
+
+
+class AccessPoints(Protocol):
+    """Signed-in users' EFS access points (``aws/efs.py``'s ``EfsAccessPoints`` fits)."""
+
+    def ensure(self, user_id: str, /) -> EfsMount:
+        """The user's access point, made on first use."""
         ...
 
 
@@ -101,7 +118,8 @@ class FargateSpawner:
     def __init__(self, tasks: FargateTasks, objects: CheckoutObjects, logs: LogReader, *,
                  cpu: int = 1024, memory: int = 4096, poll_interval: float = 2.0,
                  start_timeout: float = 900.0, checkout_url_seconds: int = 3600,
-                 family_prefix: str = "binderless-session-") -> None:
+                 family_prefix: str = "binderless-session-",
+                 access_points: AccessPoints | None = None) -> None:
         if cpu <= 0 or memory <= 0 or poll_interval < 0 or start_timeout <= 0:
             raise ValueError("cpu, memory and start_timeout must be positive, "
                              "poll_interval not negative")
@@ -114,6 +132,8 @@ class FargateSpawner:
         self.start_timeout = start_timeout
         self.checkout_url_seconds = checkout_url_seconds
         self.family_prefix = family_prefix
+        #: Persistent homes (``None``: sessions of signed-in users cannot start here).
+        self.access_points = access_points
 
     def environment(self, spec: SessionSpec, checkout_url: str) -> dict[str, str]:
         """The task's environment: the ``BINDER_*`` variables, the token, the checkout."""
@@ -129,17 +149,27 @@ class FargateSpawner:
         log_line("Uploading the repository for the session...\n")
         url = await asyncio.to_thread(self._upload_checkout, spec)
         size = f"{self.cpu / 1024:g} vCPU, {self.memory / 1024:g} GB"
-        definition = await asyncio.to_thread(
-            self.tasks.ensure_task_definition, spec.image.location,
-            family=task_family(self.family_prefix, spec.image.key),
-            cpu=self.cpu, memory=self.memory, container_port=CONTAINER_PORT)
-        task_arn = await asyncio.to_thread(
-            self.tasks.run, definition,
-            environment=self.environment(spec, url),
-            command=jupyter_arguments(spec),
-            # A retried start (or a retried request) finds the first task, never a second.
-            client_token=spec.session_id,
-            tags={"binderless:session": spec.session_id, "binderless:image": spec.image.key})
+        family, request = self.task_definition(spec.image, efs=await self._home(spec))
+
+        def run() -> str:
+            return self.tasks.run(
+                family,
+                environment=self.environment(spec, url),
+                command=jupyter_arguments(spec),
+                # A retried start (or a retried request) finds the first task, never a second.
+                client_token=spec.session_id,
+                tags={SESSION_TAG: spec.session_id, "binderless:image": spec.image.key})
+
+        # A launch resumed after its gateway crashed may find the task that gateway started.
+        task_arn = (await asyncio.to_thread(self.tasks.session_tasks)).get(
+            spec.session_id, "") if spec.resume else ""
+        try:
+            task_arn = task_arn or await asyncio.to_thread(run)
+        except TaskDefinitionMissing:
+            # Normally registered when the image was built (``prepare``); registered here
+            # when that did not happen, or an operator deregistered it since.
+            await asyncio.to_thread(self.tasks.register, request)
+            task_arn = await asyncio.to_thread(run)
         log_line(f"Started Fargate task {task_arn.rsplit('/', 1)[-1]} ({size}) "
                  f"of {spec.image.name}\n")
         handle = SessionHandle(spec.session_id, "", task_arn)
@@ -158,6 +188,39 @@ class FargateSpawner:
             raise
         log_line(f"Task running at {ip}\n")
         return SessionHandle(spec.session_id, f"http://{ip}:{CONTAINER_PORT}", task_arn)
+
+    async def _home(self, spec: SessionSpec) -> EfsMount | None:
+        """The owner's EFS access point, for a signed-in user's project."""
+        if spec.project is None:
+            return None
+        if self.access_points is None:
+            raise LaunchFailed("This server keeps no files for signed-in users on AWS.",
+                               hint="The operator should set BINDERLESS_EFS_FILE_SYSTEM_ID.")
+        return await asyncio.to_thread(self.access_points.ensure, spec.project.owner)
+
+    def task_definition(self, image: ImageRef,
+                        efs: EfsMount | None = None) -> tuple[str, dict[str, Any]]:
+        """The family and the registration request of the task definition of ``image``.
+
+        The family name carries a digest of everything the definition runs (image, size,
+        roles, logs), so the latest ACTIVE revision of a family is always the right one:
+        RunTask names the family, and no call is spent on looking it up. Other settings
+        make another family. With ``efs`` (a signed-in user's home: RunTask cannot
+        override volumes) the family is that user's own."""
+        request = self.tasks.task_definition(image.location, family="", cpu=self.cpu,
+                                             memory=self.memory, container_port=CONTAINER_PORT,
+                                             efs=efs)
+        family = task_family(self.family_prefix, f"{image.key}-{definition_digest(request)}",
+                             efs)
+        return family, {**request, "family": family}
+
+    async def prepare(self, image: ImageRef) -> None:
+        """A new image was built: register its task definition now, so that launches
+        start its tasks with one call."""
+        if image.location.startswith("/"):
+            return
+        _family, request = self.task_definition(image)
+        await asyncio.to_thread(self.tasks.register, request)
 
     def _upload_checkout(self, spec: SessionSpec) -> str:
         key = checkout_key(spec.session_id)
@@ -202,6 +265,10 @@ class FargateSpawner:
             log.warning("cannot tell whether task %s runs: %s", handle.backend_id, exc)
             return True
         return not state.stopping and state.last_status in ALIVE_STATES
+
+    async def running(self) -> dict[str, str]:
+        """The sessions whose tasks run (or are starting): session id -> task ARN."""
+        return await asyncio.to_thread(self.tasks.session_tasks)
 
     async def stop(self, handle: SessionHandle) -> None:
         if handle.backend_id:

@@ -18,12 +18,15 @@ from ..service import LaunchService
 from ..settings import Settings
 from ..tokens import load_secrets
 from ..urlguard import UrlGuard, guarded_client
+from ..workspaces import Workspaces
 from .builder import CodeBuildBuilder
 from .codebuild import CodeBuildProject
 from .dynamodb import DynamoState
 from .ecr import EcrRegistry
 from .ecs import FargateTasks
+from .efs import EfsAccessPoints
 from .logs import LogReader
+from .metrics import CloudWatchObserver
 from .s3 import S3Objects
 from .spawner import FargateSpawner
 
@@ -75,7 +78,9 @@ def aws_service(settings: Settings, client_factory: ClientFactory,
             f"BINDERLESS_{name.upper()}" for name in missing) + " (the deployment sets them)")
     seams = overrides or Overrides()
     settings = load_secrets(settings, client_factory)
-    state = DynamoState(client_factory("dynamodb"), settings.aws_table)
+    # The gateway drives launches, so it holds each launch's writes and sends them
+    # together (see ``DynamoState``).
+    state = DynamoState(client_factory("dynamodb"), settings.aws_table, write_behind=True)
     providers = ProviderRegistry(settings, guarded_client(UrlGuard(enforce=True)),
                                  overrides=seams.providers)
     logs = LogReader(client_factory("logs"))
@@ -91,13 +96,22 @@ def aws_service(settings: Settings, client_factory: ClientFactory,
                         execution_role_arn=settings.execution_role_arn,
                         task_role_arn=settings.task_role_arn,
                         log_group=settings.session_log_group)
+    # Signed-in users' homes: their EFS access points for the tasks, and the file
+    # system's home root as the gateway mounts it (workspaces_dir) for their projects.
+    homes = settings.workspaces_root if settings.efs_file_system_id else None
+    access_points = EfsAccessPoints(client_factory("efs"), settings.efs_file_system_id,
+                                    home_root=settings.efs_home_root) if homes else None
     spawner = FargateSpawner(tasks, objects, logs, cpu=settings.session_cpu,
-                             memory=settings.session_memory)
+                             memory=settings.session_memory, access_points=access_points)
     if seams.poll_interval is not None:
         state.poll_interval = builder.poll_interval = seams.poll_interval
         spawner.poll_interval = seams.poll_interval
-    return LaunchService(
+    service = LaunchService(
         settings, providers=providers, store=state, routes=state, events=state,
         fetcher=LocalFetcher(settings.state_dir / "repos", archives=providers.get),
         builder=builder, spawner=spawner,
+        workspaces=Workspaces(homes, max_projects=settings.max_projects_per_user)
+        if homes else None,
     )
+    service.observer = CloudWatchObserver()  # launch and build metrics, as log lines
+    return service

@@ -39,6 +39,8 @@ IMAGE_REPOSITORY = "env"
 USER_ID = 1000
 USER_NAME = "jovyan"
 CONTAINER_HOME = f"/home/{USER_NAME}"
+#: Where a signed-in user's home is mounted in a session's container (their projects).
+CONTAINER_PERSISTENT = f"{CONTAINER_HOME}/persistent"
 CONTAINER_PORT = 8888
 #: Seconds a quick ``docker`` command (inspect, port, logs) may take.
 CLI_TIMEOUT = 30.0
@@ -268,6 +270,8 @@ def jupyter_arguments(spec: SessionSpec) -> list[str]:
         "--ServerApp.allow_remote_access=True",
         "--ServerApp.trust_xheaders=True",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        *([f"--ServerApp.root_dir={CONTAINER_PERSISTENT}/{spec.project.name}"]
+          if spec.project else []),
     ]
 
 
@@ -310,6 +314,8 @@ class DockerSpawner:
         for name in self._container_env(spec):
             args += ["-e", name]
         args += ["-v", f"{spec.home.absolute()}:{CONTAINER_HOME}"]
+        if spec.project:
+            args += ["-v", f"{spec.project.path.parent.absolute()}:{CONTAINER_PERSISTENT}"]
         return [*args, spec.image.location, *jupyter_arguments(spec)]
 
     @staticmethod
@@ -327,6 +333,13 @@ class DockerSpawner:
                 raise LaunchFailed(problem.message, hint=problem.hint) from exc
             raise LaunchFailed(str(exc), hint="Check that Docker is running and answers "
                                               "`docker info` quickly.") from exc
+
+    async def prepare(self, image: ImageRef) -> None:
+        """Nothing to prepare: a built environment starts as it is."""
+
+    async def running(self) -> dict[str, str]:
+        """Servers here belong to this server process, which adopts them on start."""
+        return {}
 
     async def start(self, spec: SessionSpec, log: LogSink) -> SessionHandle:
         image = spec.image.location

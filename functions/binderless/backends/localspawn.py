@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from ..settings import Settings
-from .protocols import LogSink, SessionHandle, SessionSpec
+from .protocols import ImageRef, LogSink, SessionHandle, SessionSpec
 
 __all__ = ["LocalSpawner", "jupyter_command"]
 
@@ -42,7 +42,8 @@ def jupyter_command(spec: SessionSpec, env_dir: Path, port: int) -> list[str]:
         f"--port={port}",
         "--port-retries=0",
         f"--ServerApp.base_url={spec.base_url}",
-        f"--ServerApp.root_dir={spec.home}",
+        # A signed-in user's project folder, kept across sessions; else the checkout.
+        f"--ServerApp.root_dir={spec.project.path if spec.project else spec.home}",
         "--ServerApp.allow_origin=*",
         "--ServerApp.allow_remote_access=True",
         "--ServerApp.trust_xheaders=True",
@@ -60,6 +61,13 @@ class LocalSpawner:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._children: dict[str, asyncio.subprocess.Process] = {}
+
+    async def prepare(self, image: ImageRef) -> None:
+        """Nothing to prepare: a built environment starts as it is."""
+
+    async def running(self) -> dict[str, str]:
+        """Servers here belong to this server process, which adopts them on start."""
+        return {}
 
     async def start(self, spec: SessionSpec, log: LogSink) -> SessionHandle:
         env_dir = Path(spec.image.location)

@@ -17,6 +17,7 @@ from ..events import Event
 from ..providers.base import ResolvedRepo
 
 __all__ = [
+    "NO_OBSERVER",
     "BuildClaim",
     "BuildClaims",
     "Builder",
@@ -24,6 +25,8 @@ __all__ = [
     "Fetcher",
     "ImageRef",
     "LogSink",
+    "Observer",
+    "ProjectMount",
     "Route",
     "RouteTable",
     "SessionHandle",
@@ -46,8 +49,26 @@ class ImageRef:
 
 
 @dataclass(frozen=True)
+class ProjectMount:
+    """A signed-in user's persistent project folder (see ``workspaces.py``).
+
+    The server opens in it instead of the checkout: locally it is ``path``; in a
+    container the owner's home is mounted at ``/home/jovyan/persistent`` (on AWS through
+    the owner's EFS access point) and the project is ``persistent/<name>`` there.
+    """
+
+    owner: str
+    name: str
+    path: Path
+
+
+@dataclass(frozen=True)
 class SessionSpec:
-    """Everything a spawner needs to start one session's Jupyter server."""
+    """Everything a spawner needs to start one session's Jupyter server.
+
+    ``home`` is the session's own checkout (its HOME); ``project``, for a signed-in
+    user, is the persistent folder the server opens in (``None``: it opens in ``home``).
+    """
 
     session_id: str
     image: ImageRef
@@ -56,6 +77,9 @@ class SessionSpec:
     token: str
     environment: Mapping[str, str] = field(default_factory=dict)
     start_script: str | None = None
+    project: ProjectMount | None = None
+    #: A launch taken over after its driver crashed: the server may already exist.
+    resume: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,7 +124,10 @@ class Store(Protocol):
     """Launch and session records: SQLite locally, DynamoDB on AWS.
 
     Launch records hold ``provider``, ``spec``, ``resolved_ref``, ``image_key``,
-    ``phase``, ``session_id``, ``built`` (0/1), ``created_at`` and ``finished_at``.
+    ``phase``, ``session_id``, ``built`` (0/1), ``created_at`` and ``finished_at``; and,
+    so that another process can take over a launch whose process died, ``request`` (the
+    launch request as JSON), ``driver`` (the process driving it) and ``lease_until`` (when
+    others may take it over unless the driver renews the lease).
     """
 
     def create_launch(self, launch_id: str, provider: str, spec: str, now: float) -> None: ...
@@ -108,6 +135,13 @@ class Store(Protocol):
     def update_launch(self, launch_id: str, **fields: Any) -> None: ...
 
     def get_launch(self, launch_id: str) -> dict[str, Any] | None: ...
+
+    def take_launch(self, launch_id: str, driver: str, *, was_driver: str,
+                    was_lease: float | None, lease_until: float) -> bool:
+        """Become the driver of an unfinished launch whose driver and lease are still
+        ``was_driver`` and ``was_lease``; ``False`` when another process got there first
+        or the launch has finished."""
+        ...
 
     def unfinished_launches(self) -> list[str]:
         """Launches not yet ``ready`` or ``failed``."""
@@ -129,6 +163,18 @@ class Store(Protocol):
 
     def count_active(self, repo_url: str | None = None) -> int:
         """Sessions ``starting`` or ``running``, overall or of one repository."""
+        ...
+
+    def active_counts(self, repo_url: str) -> tuple[int, int]:
+        """Sessions ``starting`` or ``running``: in all, and of ``repo_url`` (one read)."""
+        ...
+
+    def flush(self, launch_id: str) -> None:
+        """Make every write of this launch so far durable and visible to other processes.
+
+        A store may hold a launch's writes and send them together (DynamoDB in the
+        gateway does); the service calls this before it starts anything that outlives it
+        (a build, a session's server), so that a crash leaves records to clean up after."""
         ...
 
     # Build claims (see ``BuildClaims``): at most one build per environment key.
@@ -172,6 +218,11 @@ class Builder(Protocol):
 class Spawner(Protocol):
     """Starts and stops the Jupyter server of a session."""
 
+    async def prepare(self, image: ImageRef) -> None:
+        """``image`` was just built: do once now what every start of it would need (on
+        AWS, register its task definition). Nothing to do is fine."""
+        ...
+
     async def start(self, spec: SessionSpec, log: LogSink) -> SessionHandle: ...
 
     async def stop(self, handle: SessionHandle) -> None:
@@ -179,6 +230,13 @@ class Spawner(Protocol):
         ...
 
     async def alive(self, handle: SessionHandle) -> bool: ...
+
+    async def running(self) -> dict[str, str]:
+        """Sessions whose servers this backend runs, shared with other processes:
+        session id -> ``backend_id``. The reconciler stops those without a live record.
+        A backend whose servers belong to one process (local) returns ``{}``: that process
+        adopts or stops them itself when it starts."""
+        ...
 
     async def tail(self, handle: SessionHandle, lines: int = 20) -> list[str]:
         """The last lines the server printed, for the message when it fails to start."""
@@ -205,6 +263,10 @@ class EventLog(Protocol):
         ...
 
     def read(self, stream: str, after: int = 0) -> list[tuple[int, Event]]: ...
+
+    def last_seq(self, stream: str) -> int:
+        """The sequence number of the newest stored event of ``stream`` (0: none)."""
+        ...
 
     def last_event_at(self, stream: str) -> float | None:
         """When the newest event of ``stream`` was written (``None``: no event yet)."""
@@ -252,3 +314,33 @@ class BuildClaims(Protocol):
         ...
 
     def get_build(self, key: str) -> BuildClaim | None: ...
+
+
+class Observer(Protocol):
+    """Told how launches and builds end, for metrics (the gateway's go to CloudWatch)."""
+
+    def launch_finished(self, phase: str, seconds: float, built: bool) -> None:
+        """A launch reached ``phase`` (``ready`` or ``failed``) ``seconds`` after it began;
+        ``built``: it waited for a build."""
+        ...
+
+    def build_finished(self, ok: bool, seconds: float) -> None: ...
+
+    def sessions_active(self, count: int) -> None:
+        """Sessions starting or running, counted by a reconciler pass."""
+        ...
+
+
+class _NoObserver:
+    def launch_finished(self, phase: str, seconds: float, built: bool) -> None:
+        pass
+
+    def build_finished(self, ok: bool, seconds: float) -> None:
+        pass
+
+    def sessions_active(self, count: int) -> None:
+        pass
+
+
+#: An observer that ignores everything (the default).
+NO_OBSERVER: Observer = _NoObserver()

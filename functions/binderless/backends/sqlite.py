@@ -29,7 +29,10 @@ CREATE TABLE IF NOT EXISTS launches (
     session_id TEXT NOT NULL DEFAULT '',
     built INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
-    finished_at REAL
+    finished_at REAL,
+    request TEXT NOT NULL DEFAULT '',
+    driver TEXT NOT NULL DEFAULT '',
+    lease_until REAL
 );
 CREATE TABLE IF NOT EXISTS sessions (
     session_id TEXT PRIMARY KEY,
@@ -78,6 +81,15 @@ class Database:
         with self._lock:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.executescript(SCHEMA)
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Columns added since a state dir was first made (SQLite adds them in place)."""
+        have = {row[1] for row in self._conn.execute("PRAGMA table_info(launches)")}
+        for column, kind in (("request", "TEXT NOT NULL DEFAULT ''"),
+                             ("driver", "TEXT NOT NULL DEFAULT ''"), ("lease_until", "REAL")):
+            if column not in have:
+                self._conn.execute(f"ALTER TABLE launches ADD COLUMN {column} {kind}")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Cursor]:
@@ -125,6 +137,15 @@ class SqliteStore:
     def get_launch(self, launch_id: str) -> dict[str, Any] | None:
         rows = self.db.query("SELECT * FROM launches WHERE launch_id = ?", (launch_id,))
         return dict(rows[0]) if rows else None
+
+    def take_launch(self, launch_id: str, driver: str, *, was_driver: str,
+                    was_lease: float | None, lease_until: float) -> bool:
+        with self.db.transaction() as cur:
+            cur.execute(
+                "UPDATE launches SET driver = ?, lease_until = ? WHERE launch_id = ? "
+                "AND driver = ? AND lease_until IS ? AND phase NOT IN ('ready', 'failed')",
+                (driver, lease_until, launch_id, was_driver, was_lease))
+            return cur.rowcount == 1
 
     def launch_durations(self, image_key: str, built: bool, limit: int = 10) -> list[float]:
         rows = self.db.query(
@@ -224,6 +245,15 @@ class SqliteStore:
             sql += " AND repo_url = ?"
             params = (repo_url,)
         return int(self.db.query(sql, params)[0]["n"])
+
+    def active_counts(self, repo_url: str) -> tuple[int, int]:
+        row = self.db.query(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(repo_url = ?), 0) AS mine FROM sessions "
+            "WHERE status IN ('starting', 'running')", (repo_url,))[0]
+        return int(row["n"]), int(row["mine"])
+
+    def flush(self, launch_id: str) -> None:
+        """Every write is committed at once here: nothing is held."""
 
 
 class SqliteRoutes:

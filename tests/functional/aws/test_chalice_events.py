@@ -98,7 +98,7 @@ def test_the_schedule_reconciles(chalice_app: Any, capsys: pytest.CaptureFixture
         answer = client.lambda_.invoke("reconcile", client.events.generate_cw_event(
             source="aws.events", detail_type="Scheduled Event", detail={}, resources=[]))
     payload = answer.payload
-    assert payload == {"culled": [], "abandoned": ["old"]}
+    assert payload == {"culled": [], "abandoned": ["old"], "resumed": [], "orphans": []}
     assert state.get_launch("old")["phase"] == "failed"  # type: ignore[index]
     assert state.get_session("s-live").status == "running"
     assert emitted_metrics(capsys.readouterr().out) == {"LaunchesAbandoned": [1.0]}
@@ -123,3 +123,37 @@ def test_launch_status_and_events_from_the_shared_store(chalice_app: Any) -> Non
                                            "message": "Fetching...\n"}]}
     assert missing.status_code == 404 and bad.status_code == 400
     chalice_app.state.cache_clear()
+
+
+def test_a_launch_created_through_the_api_is_recorded_for_a_gateway_once_per_key(
+        chalice_app: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    chalice_app.state.cache_clear()
+    chalice_app.idempotent_create.cache_clear()
+    store = DynamoState(boto3.client("dynamodb"), "binderless")
+    body = json.dumps({"link": "https://mybinder.org/v2/gh/org/repo/main?labpath=a.ipynb"})
+    headers = {"Content-Type": "application/json", "Idempotency-Key": "retry-me"}
+    with Client(chalice_app.app, stage_name="prod") as client:
+        first = client.http.post("/api/launches", headers={**headers, "Host": "binder.example"},
+                                 body=body)
+        again = client.http.post("/api/launches", headers={**headers, "Host": "binder.example"},
+                                 body=body)
+        other = client.http.post("/api/launches", headers={"Content-Type": "application/json",
+                                                          "Host": "binder.example"}, body=body)
+        bad = client.http.post("/api/launches", headers=headers, body=json.dumps({"x": 1}))
+        unknown = client.http.post("/api/launches", headers={"Content-Type": "application/json"},
+                                   body=json.dumps({"provider": "nope", "spec": "a/b"}))
+    assert first.status_code == 202, first.body
+    launch = first.json_body["launch_id"]
+    assert again.json_body == first.json_body  # the same key: the same launch, not a second
+    assert other.json_body["launch_id"] != launch  # no key: a launch each time
+    assert first.json_body["stream_url"] == (
+        f"https://binder.example/build/gh/org/repo/main?last_event_id={launch}:0")
+    assert first.json_body["status_url"] == f"https://binder.example/api/launches/{launch}"
+    assert bad.status_code == 400 and "Name the repository" in bad.json_body["message"]
+    assert unknown.status_code == 400 and "No provider found" in unknown.json_body["message"]
+    record = store.get_launch(launch)
+    assert record is not None and record["phase"] == "waiting" and record["driver"] == ""
+    assert json.loads(record["request"])["launch_host"] == "https://binder.example/"
+    assert store.unfinished_launches().count(launch) == 1
+    chalice_app.state.cache_clear()
+    chalice_app.idempotent_create.cache_clear()

@@ -4,6 +4,7 @@ same behavioural checks run against the SQLite backend."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -125,7 +126,8 @@ def test_launch_records_round_trip_with_the_sqlite_shape(state: DynamoState) -> 
     assert state.get_launch("l1") == {
         "launch_id": "l1", "provider": "gh", "spec": "a/b/main", "resolved_ref": "",
         "image_key": "", "phase": "waiting", "session_id": "", "built": 0,
-        "created_at": 100.5, "finished_at": None,
+        "created_at": 100.5, "finished_at": None, "request": "", "driver": "",
+        "lease_until": None,
     }
     state.update_launch("l1", resolved_ref="abc", image_key="k", built=1, phase="building")
     state.update_launch("l1")  # nothing to do
@@ -275,21 +277,16 @@ def test_events_append_read_and_replay(state: DynamoState, client: Any) -> None:
     assert other.append("launch1", log_line("more\n")) == 4
 
 
-def test_a_final_event_makes_the_whole_stream_expire(state: DynamoState, client: Any,
-                                                     clock: Clock) -> None:
-    for i in range(30):  # more than one batch write
-        state.append("build-k", log_line(f"line {i}\n"))
-    state.append("other", log_line("unrelated\n"))
-    assert all(TTL_ATTRIBUTE not in item for item in client.scan(TableName=TABLE)["Items"])
+def test_every_event_expires_a_ttl_after_it_is_written(state: DynamoState, client: Any,
+                                                       clock: Clock) -> None:
+    state.append("build-k", log_line("line 1\n"))
     clock.now += 60
-    assert state.append("build-k", Event(Phase.FAILED, "oops\n", {"status_code": 500})) == 31
-    items = client.scan(TableName=TABLE)["Items"]
-    expiry = {"N": str(int(clock.now + TTL))}
-    assert sorted(i["sk"]["S"] for i in items if i.get(TTL_ATTRIBUTE) == expiry) == [
-        f"{n:010d}" for n in range(1, 32)]
-    assert [i for i in items if TTL_ATTRIBUTE not in i] == [raw(client, "EVENTS#other", "0000000001")]
-    assert state.read("build-k", 29) == [(30, log_line("line 29\n")),
-                                         (31, Event(Phase.FAILED, "oops\n", {"status_code": 500}))]
+    assert state.append("build-k", Event(Phase.FAILED, "oops\n", {"status_code": 500})) == 2
+    assert raw(client, "EVENTS#build-k", "0000000001")[TTL_ATTRIBUTE] == {
+        "N": str(int(clock.now - 60 + TTL))}
+    assert raw(client, "EVENTS#build-k", "0000000002")[TTL_ATTRIBUTE] == {
+        "N": str(int(clock.now + TTL))}
+    assert state.read("build-k", 1) == [(2, Event(Phase.FAILED, "oops\n", {"status_code": 500}))]
 
 
 def test_an_oversized_log_line_is_cut_to_fit_an_item(state: DynamoState) -> None:
@@ -444,20 +441,22 @@ def test_reads_and_listings_follow_every_page() -> None:
     record = {"pk": {"S": "SESSION#s1"}, "sk": {"S": "SESSION"}, "session_id": {"S": "s1"},
               "status": {"S": "running"}, "created_at": {"N": "1"}, "last_activity": {"N": "2"}}
     gsi_last = {"pk": {"S": "SESSION#s1"}, "sk": {"S": "SESSION"},
-                "gsi1pk": {"S": "SESSIONS#running"}, "gsi1sk": {"S": "s1"}}
+                "gsi1pk": {"S": "SESSIONS#active"}, "gsi1sk": {"S": "running#s1"}}
     index_query = {"TableName": TABLE, "IndexName": GSI1, "KeyConditionExpression": ANY,
                    "ExpressionAttributeValues": ANY}
     stub.add_response("query", {"Items": [record], "LastEvaluatedKey": gsi_last}, index_query)
     stub.add_response("query", {"Items": [{**record, "session_id": {"S": "s2"}}]},
                       {**index_query, "ExclusiveStartKey": gsi_last})
-    count_query = {**index_query, "Select": "COUNT"}
-    stub.add_response("query", {"Count": 2, "LastEvaluatedKey": gsi_last}, count_query)
-    stub.add_response("query", {"Count": 1}, {**count_query, "ExclusiveStartKey": gsi_last})
-    stub.add_response("query", {"Count": 4}, count_query)
+    count_query = {**index_query, "ProjectionExpression": "repo_url"}
+    repo = {"repo_url": {"S": "https://github.com/a/b"}}
+    stub.add_response("query", {"Items": [repo, repo], "LastEvaluatedKey": gsi_last},
+                      count_query)
+    stub.add_response("query", {"Items": [{"repo_url": {"S": "https://github.com/x/y"}}]},
+                      {**count_query, "ExclusiveStartKey": gsi_last})
     with stub:
         assert [(seq, e.message) for seq, e in state.read("l")] == [(1, "m1"), (2, "m2")]
         assert [r.session_id for r in state.sessions("running")] == ["s1", "s2"]
-        assert state.count_active() == 7
+        assert state.active_counts("https://github.com/a/b") == (3, 2)
         stub.assert_no_pending_responses()
 
 
@@ -511,22 +510,13 @@ def test_an_unreachable_endpoint_is_reported() -> None:
         DynamoState(client, TABLE).get_launch("l1")
 
 
-def test_a_cut_short_stream_expiry_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
-    state, stub = stubbed()
-    stub.add_response("put_item", {})
-    stub.add_client_error("query", service_error_code="ThrottlingException")
-    with stub:
-        assert state.append("l", READY) == 1
-    assert "could not set the expiry" in caplog.text
-
-
 # ----- the two backends behave alike ---------------------------------------------------------
 
 
 Backend = tuple[Store, RouteTable, EventLog]
 
 
-@pytest.fixture(params=["sqlite", "dynamodb"])
+@pytest.fixture(params=["sqlite", "dynamodb", "dynamodb-held"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     if request.param == "sqlite":
         db = Database(tmp_path / "state.db")
@@ -536,7 +526,8 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
             db.close()
     else:
         client = request.getfixturevalue("client")  # a moto table
-        dynamo = DynamoState(client, TABLE, poll_interval=0.01)
+        dynamo = DynamoState(client, TABLE, poll_interval=0.01,
+                             write_behind=request.param == "dynamodb-held")
         yield dynamo, dynamo, dynamo
 
 
@@ -559,16 +550,20 @@ def test_both_backends_behave_alike(backend: Backend) -> None:
     store.update_launch("l2", image_key="k", built=1, phase="ready", finished_at=21.0)
     store.update_launch("l3", image_key="k", phase="failed", finished_at=31.0)
     store.update_launch("ghost", phase="ready")
+    for launch_id in ("l1", "l2", "l3"):
+        store.flush(launch_id)  # a store may hold the writes of a launch until now
     assert store.get_launch("l1") == {
         "launch_id": "l1", "provider": "gh", "spec": "a/b/main", "resolved_ref": "abc",
         "image_key": "k", "phase": "ready", "session_id": "s1", "built": 1,
-        "created_at": 10.0, "finished_at": 12.5,
+        "created_at": 10.0, "finished_at": 12.5, "request": "", "driver": "",
+        "lease_until": None,
     }
     assert store.get_launch("ghost") is None
     assert store.launch_durations("k", True) == [1.0, 2.5]
     assert store.launch_durations("k", False) == []
     assert store.unfinished_launches() == []
     store.create_launch("l4", "gl", "c/d/main", 40.0)
+    store.flush("l4")
     assert store.unfinished_launches() == ["l4"]
 
     # Sessions and routes.
@@ -615,3 +610,121 @@ def test_both_backends_behave_alike(backend: Backend) -> None:
     assert seen[0] == (2, built)
     assert seen[-1] == (3, READY)
     assert seen[1:-1] and all(item is None for item in seen[1:-1])
+
+
+# ----- held writes (the gateway) -------------------------------------------------------------
+
+
+def counted(client: Any) -> list[str]:
+    calls: list[str] = []
+    client.meta.events.register("before-call.dynamodb.*",
+                                lambda model, **_: calls.append(model.name))
+    return calls
+
+
+def test_a_held_launch_is_written_in_one_call_and_its_final_event_flushes(
+        client: Any, clock: Clock) -> None:
+    gateway = DynamoState(client, TABLE, clock=clock, write_behind=True, flush_after=3600)
+    other = DynamoState(client, TABLE)
+    calls = counted(client)
+    gateway.create_launch("l1", "gh", "a/b/main", clock.now)
+    gateway.update_launch("l1", resolved_ref="abc", image_key="k")
+    assert gateway.append("l1", Event(Phase.WAITING, "w\n")) == 1
+    gateway.add_session(dataclasses.replace(session("s1"), launch_id="l1"))
+    gateway.update_session("s1", backend_id="arn:task/1")
+    # Read-your-writes here, nothing in the table yet, and no call made.
+    assert gateway.get_launch("l1")["image_key"] == "k"  # type: ignore[index]
+    assert gateway.get_session("s1").backend_id == "arn:task/1"
+    assert gateway.read("l1") == [(1, Event(Phase.WAITING, "w\n"))]
+    assert calls == []
+    assert other.get_launch("l1") is None
+
+    calls.clear()
+    gateway.flush("l1")
+    assert calls == ["TransactWriteItems"]
+    assert other.get_launch("l1")["resolved_ref"] == "abc"  # type: ignore[index]
+    assert other.get_session("s1").backend_id == "arn:task/1"
+    assert other.unfinished_launches() == ["l1"]
+    assert other.read("l1") == [(1, Event(Phase.WAITING, "w\n"))]
+    calls.clear()
+    gateway.flush("l1")  # nothing held: no call
+    assert calls == []
+
+    calls.clear()
+    gateway.add(Route("s1", "http://10.0.0.5:8888", "tok", owner=""))
+    gateway.update_launch("l1", session_id="s1", phase="ready", finished_at=clock.now + 3)
+    assert gateway.append("l1", READY) == 2
+    # The final event went out with the route and the launch, before anyone heard of it.
+    assert calls == ["TransactWriteItems"]
+    calls.clear()
+    assert other.lookup("s1") == Route("s1", "http://10.0.0.5:8888", "tok", owner="ada")
+    assert other.get_launch("l1")["phase"] == "ready"  # type: ignore[index]
+    assert other.unfinished_launches() == []
+    assert other.launch_durations("k", False) == [3.0]
+    assert [seq for seq, _e in other.read("l1")] == [1, 2]
+    # Released: later writes of its session go straight to the table.
+    gateway.update_session("s1", last_activity=clock.now + 60)
+    assert calls[-1] == "UpdateItem"
+    assert gateway.read("l1") == other.read("l1")
+
+
+def test_held_writes_go_out_once_the_oldest_is_due(client: Any, clock: Clock) -> None:
+    gateway = DynamoState(client, TABLE, clock=clock, write_behind=True, flush_after=0)
+    calls = counted(client)
+    gateway.create_launch("l1", "gh", "a/b/main", clock.now)
+    gateway.append("l1", Event(Phase.WAITING, "w\n"))
+    assert calls == ["TransactWriteItems"]
+    assert DynamoState(client, TABLE).read("l1") == [(1, Event(Phase.WAITING, "w\n"))]
+
+
+def test_held_events_are_renumbered_after_another_writers(client: Any, clock: Clock) -> None:
+    gateway = DynamoState(client, TABLE, clock=clock, write_behind=True, flush_after=3600)
+    gateway.create_launch("l1", "gh", "a/b/main", clock.now)
+    gateway.flush("l1")
+    gateway.append("l1", Event(Phase.WAITING, "mine\n"))
+    # The reconciler (another process) wrote first.
+    DynamoState(client, TABLE).append("l1", Event(Phase.WAITING, "theirs\n"))
+    gateway.flush("l1")
+    assert [(seq, e.message) for seq, e in DynamoState(client, TABLE).read("l1")] == [
+        (1, "theirs\n"), (2, "mine\n")]
+
+
+def test_a_held_stream_is_followed_from_memory(client: Any, clock: Clock) -> None:
+    gateway = DynamoState(client, TABLE, clock=clock, write_behind=True, flush_after=3600,
+                          poll_interval=0.01)
+    gateway.create_launch("l1", "gh", "a/b/main", clock.now)
+    calls = counted(client)
+
+    async def follow() -> list[int]:
+        seen: list[int] = []
+        gateway.append("l1", Event(Phase.WAITING, "w\n"))
+        async for item in gateway.follow("l1", 0, tick=0.05):
+            if item is None:
+                gateway.append("l1", READY)
+                continue
+            seen.append(item[0])
+        return seen
+
+    assert asyncio.run(asyncio.wait_for(follow(), timeout=10)) == [1, 2]
+    assert calls == ["TransactWriteItems"]  # the final flush; no polling
+
+
+def test_one_process_at_a_time_takes_a_launch_over(backend: Backend) -> None:
+    store, _routes, _events = backend
+    store.create_launch("l1", "gh", "a/b/main", 10.0)
+    store.update_launch("l1", request="{}", driver="gw-a", lease_until=70.0)
+    store.flush("l1")
+    assert store.take_launch("l1", "gw-b", was_driver="gw-a", was_lease=70.0, lease_until=200.0)
+    # A second taker read the same old driver and lease: too late.
+    assert not store.take_launch("l1", "gw-c", was_driver="gw-a", was_lease=70.0,
+                                 lease_until=210.0)
+    launch = store.get_launch("l1")
+    assert launch is not None and (launch["driver"], launch["lease_until"]) == ("gw-b", 200.0)
+    store.create_launch("l2", "gh", "a/b/main", 10.0)  # created through the API: no driver
+    store.flush("l2")
+    assert store.take_launch("l2", "gw-b", was_driver="", was_lease=None, lease_until=99.0)
+    store.update_launch("l2", phase="ready", finished_at=50.0)
+    store.flush("l2")
+    assert not store.take_launch("l2", "gw-c", was_driver="gw-b", was_lease=99.0,
+                                 lease_until=300.0)
+    assert not store.take_launch("ghost", "gw-c", was_driver="", was_lease=None, lease_until=1.0)

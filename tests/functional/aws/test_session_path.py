@@ -137,6 +137,8 @@ class Progression:
         ecs.meta.events.register("before-call.ecs.DescribeTasks", self._describe)
 
     def _started(self, parsed: dict[str, Any], **_: Any) -> None:
+        if not parsed.get("tasks"):
+            return  # refused (no task definition yet): the spawner registers one, retries
         self.arn = parsed["tasks"][0]["taskArn"]
         set_state(self.arn, "PROVISIONING")  # moto starts tasks RUNNING
 
@@ -500,7 +502,8 @@ def test_spawner_starts_a_task_and_returns_its_address(aws: Aws, tmp_path: Path)
     assert {"key": "binderless:session", "value": spec.session_id} in task["tags"]
     definition = aws.ecs.describe_task_definition(
         taskDefinition=task["taskDefinitionArn"])["taskDefinition"]
-    assert definition["family"] == f"binderless-session-{spec.image.key}"
+    assert definition["family"] == fargate.task_definition(spec.image)[0]
+    assert definition["family"].startswith(f"binderless-session-{spec.image.key}-")
     assert definition["containerDefinitions"][0]["image"] == IMAGE_URI
 
     body = aws.s3.get_object(Bucket=BUCKET, Key=checkout_key(spec.session_id))["Body"].read()
@@ -557,10 +560,6 @@ def test_capacity_refusal_reaches_the_caller_and_starts_nothing(aws: Aws,
                              poll_interval=0)
     spec = session_spec(checkout(tmp_path))
     with Stubber(client) as stub:
-        stub.add_client_error("describe_task_definition", "ClientException",
-                              "Unable to describe task definition.")
-        stub.add_response("register_task_definition",
-                          {"taskDefinition": {"taskDefinitionArn": DEFINITION_ARN}})
         stub.add_response("run_task", {"tasks": [], "failures": [{
             "reason": "You've reached the limit on the number of tasks you can run "
                       "concurrently"}]})
@@ -727,3 +726,50 @@ def test_session_start_without_a_checkout_just_runs_the_command(tmp_path: Path) 
     assert (home / "args.txt").read_text() == "a b c\n"
     failed = run_session_start(home, None, "sh", "-c", "exit 3")
     assert failed.returncode == 3  # exec: the command's status is the container's
+
+
+def test_a_prepared_image_starts_with_one_call_and_a_deregistered_one_registers_again(
+        aws: Aws, tmp_path: Path) -> None:
+    calls: list[str] = []
+    aws.ecs.meta.events.register("before-call.ecs.*",
+                                 lambda model, **_: calls.append(model.name))
+    Progression(aws.ecs, [("RUNNING", TASK_IP, "")])
+    spec = session_spec(checkout(tmp_path))
+    fargate = spawner(aws)
+    asyncio.run(fargate.prepare(spec.image))
+    assert calls == ["RegisterTaskDefinition"]
+    calls.clear()
+    asyncio.run(fargate.start(spec, lambda _line: None))
+    assert calls == ["RunTask", "DescribeTasks"]
+
+    # Other settings are another definition: its family differs, so no revision of the
+    # first can be started with the second's settings; one never prepared is registered
+    # by its first start.
+    bigger = FargateSpawner(aws.tasks(), MotoObjects(aws.s3), MotoLogs(aws.logs), cpu=2048,
+                            memory=4096, poll_interval=0)
+    assert bigger.task_definition(spec.image)[0] != fargate.task_definition(spec.image)[0]
+    calls.clear()
+    handle = asyncio.run(bigger.start(session_spec(checkout(tmp_path / "2"), "fedcba9876543210"),
+                                      lambda _line: None))
+    assert calls == ["RunTask", "RegisterTaskDefinition", "RunTask", "DescribeTasks"]
+    assert handle.target == f"http://{TASK_IP}:8888"
+
+
+@pytest.mark.parametrize("message", ["TaskDefinition not found.", "TaskDefinition is inactive",
+                                     "Unable to describe task definition."])
+def test_a_missing_or_deregistered_definition_is_registered_again(message: str, aws: Aws,
+                                                                  tmp_path: Path) -> None:
+    tasks, stub = stubbed_tasks()
+    fargate = FargateSpawner(tasks, MotoObjects(aws.s3), MotoLogs(None), poll_interval=0)
+    running = {"taskArn": TASK_ARN, "lastStatus": "RUNNING", "desiredStatus": "RUNNING",
+               "attachments": [{"type": "ElasticNetworkInterface", "details": [
+                   {"name": "privateIPv4Address", "value": TASK_IP}]}]}
+    with stub:
+        stub.add_client_error("run_task", "ClientException", message)
+        stub.add_response("register_task_definition",
+                          {"taskDefinition": {"taskDefinitionArn": DEFINITION_ARN}})
+        stub.add_response("run_task", {"tasks": [running]})
+        stub.add_response("describe_tasks", {"tasks": [running]})
+        handle = asyncio.run(fargate.start(session_spec(checkout(tmp_path)), lambda _line: None))
+        stub.assert_no_pending_responses()
+    assert handle.backend_id == TASK_ARN

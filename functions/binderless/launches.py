@@ -1,0 +1,108 @@
+"""Launches created through the REST API (``POST /api/launches``).
+
+A REST client (a notebook front end, a script, a course platform) asks for a launch and
+gets its id and three addresses back at once: its status, its events, and the ``/build``
+stream that shows it live. The launch itself runs in a session gateway (locally: the
+server that answered), because it outlives any API request: on AWS the first gateway its
+stream is asked of drives it, or a gateway's reconciler after a few seconds
+(``LaunchService.resume``). The same request with the same ``Idempotency-Key`` header
+gives the same launch back (on AWS through Powertools' idempotency utility, locally
+through ``RecentKeys``).
+
+The body is JSON, either a link ``{"link": "https://mybinder.org/v2/gh/org/repo/HEAD"}``
+(anything ``binderless resolve`` accepts) or ``{"provider": "gh", "spec":
+"org/repo/HEAD"}``, with an optional ``"build_only": true``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .errors import BadLink
+from .links import parse_link
+from .providers import ProviderRegistry
+from .service import LaunchRequest
+
+__all__ = ["RecentKeys", "launch_document", "launch_request"]
+
+#: The longest idempotency key accepted (Powertools hashes it; this bounds the body).
+MAX_KEY_LENGTH = 255
+
+
+def launch_request(body: Any, *, registry: ProviderRegistry, launch_host: str,
+                   client_ip: str = "", owner: str = "") -> LaunchRequest:
+    """The launch a request body asks for, checked against the providers and the policy.
+
+    Raises ``BadLink`` (400) for a body that names no launchable repository and
+    ``SpecNotAllowed`` (403) for one the policy refuses; nothing is resolved here."""
+    if not isinstance(body, Mapping):
+        raise BadLink("The request body must be a JSON object.",
+                      hint='For example {"link": "https://mybinder.org/v2/gh/org/repo/HEAD"}.')
+    link, provider, spec = body.get("link"), body.get("provider"), body.get("spec")
+    build_only = body.get("build_only", False)
+    if not isinstance(build_only, bool):
+        raise BadLink("build_only must be true or false.")
+    if isinstance(link, str) and link and provider is None and spec is None:
+        target = parse_link(link).target
+        provider, spec = target.provider, target.spec
+    elif not (isinstance(provider, str) and provider and isinstance(spec, str) and spec):
+        raise BadLink("Name the repository to launch: a link, or a provider and a spec.",
+                      hint='For example {"provider": "gh", "spec": "org/repo/HEAD"}.')
+    registry.get(provider)  # an unknown provider is a BadLink naming the known ones
+    registry.policy.check(provider, spec)
+    return LaunchRequest(provider=provider, spec=spec, launch_host=launch_host,
+                         client_ip=client_ip, build_only=build_only, owner=owner)
+
+
+def launch_document(launch_id: str, request: LaunchRequest) -> dict[str, str]:
+    """The answer to a created launch: its id and where to follow it."""
+    host = request.launch_host
+    query = f"?last_event_id={launch_id}:0" + ("&build_only=true" if request.build_only else "")
+    return {
+        "launch_id": launch_id,
+        "status_url": f"{host}api/launches/{launch_id}",
+        "events_url": f"{host}api/launches/{launch_id}/events",
+        "stream_url": f"{host}build/{request.provider}/{request.spec}{query}",
+    }
+
+
+def idempotency_key(headers: Mapping[str, str]) -> str:
+    """The request's ``Idempotency-Key`` header ("" without one)."""
+    key = next((v for k, v in headers.items() if k.lower() == "idempotency-key"), "").strip()
+    if len(key) > MAX_KEY_LENGTH:
+        raise BadLink(f"The Idempotency-Key header is longer than {MAX_KEY_LENGTH} characters.")
+    return key
+
+
+class RecentKeys:
+    """Idempotency keys of one process (the local server): the same key within
+    ``ttl`` seconds gives the first answer back. Holds at most ``size`` keys."""
+
+    def __init__(self, ttl: float = 3600.0, size: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.size = size
+        self.clock = clock
+        self._answers: OrderedDict[str, tuple[float, dict[str, str]]] = OrderedDict()
+
+    def get(self, key: str) -> dict[str, str] | None:
+        found = self._answers.get(key)
+        if found is None or self.clock() - found[0] > self.ttl:
+            self._answers.pop(key, None)
+            return None
+        return found[1]
+
+    def put(self, key: str, answer: dict[str, str]) -> None:
+        self._answers[key] = (self.clock(), answer)
+        self._answers.move_to_end(key)
+        while len(self._answers) > self.size:
+            self._answers.popitem(last=False)
+
+
+def status_document(launch: Mapping[str, Any]) -> dict[str, Any]:
+    """A launch record as ``GET /api/launches/<id>`` shows it (no driver internals)."""
+    hidden = {"request", "driver", "lease_until"}
+    return {k: v for k, v in launch.items() if k not in hidden}
