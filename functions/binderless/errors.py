@@ -8,16 +8,22 @@ into a ``failed`` event; the HTTP hosts map ``status_code`` to responses.
 from __future__ import annotations
 
 __all__ = [
+    "AccessDenied",
     "BadLink",
     "BinderlessError",
     "BuildFailed",
     "LaunchFailed",
+    "LaunchNotFound",
+    "ProjectNotFound",
     "ProviderUnavailable",
     "QuotaExceeded",
     "RefNotFound",
     "SessionNotFound",
+    "SignInFailed",
+    "SignInRequired",
     "SpecNotAllowed",
     "StateUnavailable",
+    "TooLarge",
     "UnsupportedRepository",
 ]
 
@@ -81,6 +87,12 @@ class LaunchFailed(BinderlessError):
     status_code = 500
 
 
+class LaunchNotFound(BinderlessError):
+    """No launch has this id (or it is not one this server keeps)."""
+
+    status_code = 404
+
+
 class QuotaExceeded(BinderlessError):
     """Too many sessions are running, overall or for this repository."""
 
@@ -97,3 +109,33 @@ class StateUnavailable(BinderlessError):
     """The state store (DynamoDB in AWS mode) failed or throttled us; trying later may work."""
 
     status_code = 503
+
+
+class SignInRequired(BinderlessError):
+    """This needs a signed-in person (their projects, their files)."""
+
+    status_code = 401
+
+
+class SignInFailed(BinderlessError):
+    """Signing in did not work: the identity provider refused, or its answer did not check out."""
+
+    status_code = 401
+
+
+class AccessDenied(BinderlessError):
+    """The session or project belongs to someone else."""
+
+    status_code = 403
+
+
+class ProjectNotFound(BinderlessError):
+    """The signed-in person has no project of this name."""
+
+    status_code = 404
+
+
+class TooLarge(BinderlessError):
+    """What was asked for is bigger than this server hands out at once."""
+
+    status_code = 413

@@ -17,6 +17,7 @@ from .service import LaunchService
 from .settings import Settings
 from .tokens import load_secrets
 from .urlguard import UrlGuard, guarded_client
+from .workspaces import Workspaces
 
 __all__ = ["local_service"]
 
@@ -55,4 +56,6 @@ def local_service(settings: Settings, http_client: httpx.Client | None = None, *
         builder=_builder(settings),
         spawner=_spawner(settings),
         clock=clock,
+        workspaces=Workspaces(settings.workspaces_root or settings.state_dir / "homes",
+                              max_projects=settings.max_projects_per_user, clock=clock),
     )

@@ -41,6 +41,7 @@ from binderless.providers.git import GitProvider
 from binderless.service import LaunchService
 from binderless.settings import Settings
 from binderless.urlguard import UrlGuard
+from tests.aws_network import session_network
 from tests.conftest import file_spec, free_port, git
 from tests.e2e.aws_standins import LocalCodeBuildProject, LocalFargateTasks, LocalImages
 from tests.e2e.streams import Stream, read_stream, run_code
@@ -129,13 +130,8 @@ def create_deployment(moto_server: Moto) -> Deployment:
     aws("dynamodb").create_table(**table_definition(TABLE))
     aws("s3").create_bucket(Bucket=BUCKET)
     aws("ecr").create_repository(repositoryName=REPOSITORY)
-    ec2 = aws("ec2")
-    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-    ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
-    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24",
-                               AvailabilityZone=f"{REGION}a")["Subnet"]["SubnetId"]
-    group = ec2.create_security_group(GroupName="sessions", Description="sessions",
-                                      VpcId=vpc)["GroupId"]
+    network = session_network(aws("ec2"), REGION)
+    (subnet,), group = network.subnets, network.security_group
     iam = aws("iam")
     roles = {name: iam.create_role(RoleName=name, AssumeRolePolicyDocument=TRUST % service)
              ["Role"]["Arn"] for name, service in (
@@ -546,50 +542,64 @@ def session_tasks(gateway: Gateway, session: str) -> list[str]:
             if {"key": "binderless:session", "value": session} in t.get("tags", [])]
 
 
-def test_a_reconnecting_client_resumes_a_crashed_gateways_launch_without_a_second_task(
-        moto_server: Moto, deployment: Deployment, images: LocalImages, tmp_path: Path,
-        fixture_repo: MakeRepo) -> None:
+@dataclass
+class CrashedLaunch:
+    """A launch whose gateway died just after starting its task, and a spare gateway."""
+
+    doomed: Gateway
+    spare: Gateway
+    spec: str
+    seen: Stream  # what the client saw before the crash
+    session: str
+    task: str
+
+    @property
+    def launch(self) -> str:
+        return launch_id(self.seen)
+
+
+@pytest.fixture
+def crashed(moto_server: Moto, deployment: Deployment, images: LocalImages, tmp_path: Path,
+            fixture_repo: MakeRepo) -> Iterator[CrashedLaunch]:
     spec = file_spec(fixture_repo("python-requirements"))
     with crashed_and_spare_gateways(moto_server, deployment, images, tmp_path) as (a, b):
         seen, session = start_and_crash(a, spec)
         [task] = session_tasks(a, session)
+        yield CrashedLaunch(a, b, spec, seen, session, task)
 
-        # The browser's EventSource reconnects (to another gateway, through the load
-        # balancer) with the id of the last event it saw.
-        rest = read_stream(b.build_url(spec), headers={"Last-Event-ID": seen.ids[-1]},
-                           timeout=120)
-        assert rest.final["phase"] == "ready", rest.text()
-        assert "Picking up this launch" in rest.text()
-        assert session_id(rest.final) == session
-        # The launch host is the one the request came to (on AWS, the public address).
-        assert rest.final["url"] == f"{a.base}/user/{session}/"
-        assert session_tasks(a, session) == [task]  # found and used, not started again
-        assert {i.split(":")[0] for i in rest.ids} == {launch_id(seen)}
-        assert run_code(f"{b.base}/user/{session}/", rest.final["token"],
-                        "print(6 * 7)") == "42\n"
-        assert b.state.get_launch(launch_id(seen))["driver"] == b.service.instance_id  # type: ignore[index]
+
+def test_a_reconnecting_client_resumes_a_crashed_gateways_launch_without_a_second_task(
+        crashed: CrashedLaunch) -> None:
+    a, b, session = crashed.doomed, crashed.spare, crashed.session
+    # The browser's EventSource reconnects (to another gateway, through the load
+    # balancer) with the id of the last event it saw.
+    rest = read_stream(b.build_url(crashed.spec), headers={"Last-Event-ID": crashed.seen.ids[-1]},
+                       timeout=120)
+    assert rest.final["phase"] == "ready", rest.text()
+    assert "Picking up this launch" in rest.text()
+    assert session_id(rest.final) == session
+    # The launch host is the one the request came to (on AWS, the public address).
+    assert rest.final["url"] == f"{a.base}/user/{session}/"
+    assert session_tasks(a, session) == [crashed.task]  # found and used, not started again
+    assert {i.split(":")[0] for i in rest.ids} == {crashed.launch}
+    assert run_code(f"{b.base}/user/{session}/", rest.final["token"], "print(6 * 7)") == "42\n"
+    assert b.state.get_launch(crashed.launch)["driver"] == b.service.instance_id  # type: ignore[index]
 
 
 def test_the_reconciler_finishes_a_crashed_gateways_launch_nobody_came_back_for(
-        moto_server: Moto, deployment: Deployment, images: LocalImages, tmp_path: Path,
-        fixture_repo: MakeRepo) -> None:
-    spec = file_spec(fixture_repo("python-requirements"))
-    with crashed_and_spare_gateways(moto_server, deployment, images, tmp_path) as (a, b):
-        seen, session = start_and_crash(a, spec)
-        [task] = session_tasks(a, session)
-
-        # No client comes back, and no EventBridge event arrives: the spare gateway's
-        # reconciler takes the launch over and finishes it.
-        result = asyncio.run_coroutine_threadsafe(
-            b.service.reconcile(), b.loop).result(60)
-        assert result["resumed"] == [launch_id(seen)]
-        final = eventually(lambda: ready_event(b, launch_id(seen)), timeout=60)
-        assert session_id(final) == session
-        assert session_tasks(a, session) == [task]
-        assert b.state.lookup(session).token == final["token"]
-        # Through the spare gateway: the "crashed" one is dead.
-        assert httpx.get(f"{b.base}/user/{session}/api/status",
-                         headers=auth(final["token"])).status_code == 200
+        crashed: CrashedLaunch) -> None:
+    b, session = crashed.spare, crashed.session
+    # No client comes back, and no EventBridge event arrives: the spare gateway's
+    # reconciler takes the launch over and finishes it.
+    result = asyncio.run_coroutine_threadsafe(b.service.reconcile(), b.loop).result(60)
+    assert result["resumed"] == [crashed.launch]
+    final = eventually(lambda: ready_event(b, crashed.launch), timeout=60)
+    assert session_id(final) == session
+    assert session_tasks(b, session) == [crashed.task]
+    assert b.state.lookup(session).token == final["token"]
+    # Through the spare gateway: the "crashed" one is dead.
+    assert httpx.get(f"{b.base}/user/{session}/api/status",
+                     headers=auth(final["token"])).status_code == 200
 
 
 def ready_event(gateway: Gateway, launch: str) -> dict[str, Any]:

@@ -4,6 +4,10 @@ Every request must carry the session's token: ``?token=``, an ``Authorization:
 token ...`` header, or the cookie this proxy sets after a valid token. CORS
 preflights (``OPTIONS``) pass without it, so the notebook server answers them
 for publishers' pages (thebe). Paths are forwarded raw, ``%2F`` and all.
+
+A session launched by a signed-in person (``Route.owner``) answers only that person:
+anyone else gets 403, token or not. ``/user/<id>/.binderless/...`` is binderless's own
+(``session_tools``), and Jupyter's pages get the countdown banner's script.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from aiohttp import WSMsgType, web
 from yarl import URL
 
 from ..backends.protocols import Route
+from ..identity import IDENTITY_COOKIE
+from .session_tools import MAX_PAGE_BYTES, PREFIX, SessionTools, inject_banner, wants_banner
 
 __all__ = ["SessionProxy", "cookie_name"]
 
@@ -29,8 +35,19 @@ HOP_BY_HOP = {
 }
 
 
+#: binderless's own cookies (the sign-in, the session tokens): a session never sets them.
+PRIVATE_PREFIX = "binderless-"
+
+
 def cookie_name(session_id: str) -> str:
     return f"binderless-session-{session_id}"
+
+
+def private_cookies_removed(header: str) -> str:
+    """A ``Cookie`` header without binderless's sign-in cookies."""
+    kept = [part for part in header.split(";")
+            if not part.strip().startswith((IDENTITY_COOKIE + "=", "binderless-signin="))]
+    return ";".join(kept).strip()
 
 
 def _presented_token(request: web.Request, session_id: str) -> str:
@@ -45,14 +62,21 @@ def _presented_token(request: web.Request, session_id: str) -> str:
 
 
 class SessionProxy:
-    def __init__(self, lookup: Callable[[str], Route], on_activity: Callable[[str], None]) -> None:
+    def __init__(self, lookup: Callable[[str], Route], on_activity: Callable[[str], None], *,
+                 identify: Callable[[web.Request], str] | None = None,
+                 tools: SessionTools | None = None) -> None:
+        """``identify(request)`` is the signed-in user id of the request ("" if none)."""
         self.lookup = lookup
         self.on_activity = on_activity
+        self.identify = identify
+        self.tools = tools
         self._client: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()
+        if self.tools is not None:
+            await self.tools.close()
 
     @property
     def client(self) -> aiohttp.ClientSession:
@@ -65,6 +89,10 @@ class SessionProxy:
 
     async def handle(self, request: web.Request, session_id: str) -> web.StreamResponse:
         route = self.lookup(session_id)  # raises SessionNotFound
+        if route.owner and (self.identify is None or self.identify(request) != route.owner):
+            return web.json_response(
+                {"message": "This session belongs to someone else. If it is yours, sign in "
+                            "as the person who launched it."}, status=403)
         presented = _presented_token(request, session_id)
         authorised = bool(presented) and hmac.compare_digest(presented, route.token)
         if not authorised and request.method != "OPTIONS":
@@ -73,6 +101,9 @@ class SessionProxy:
                             "you, or pass ?token=... ."},
                 status=403,
             )
+        rest = request.raw_path[len(f"/user/{session_id}/"):]
+        if self.tools is not None and rest.startswith(PREFIX) and authorised:
+            return await self.tools.handle(request, route, rest)
         self.on_activity(session_id)
         upstream = URL(route.target + request.raw_path, encoded=True)
         cookie = ""
@@ -80,21 +111,32 @@ class SessionProxy:
             cookie = route.token
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._websocket(request, upstream, session_id)
-        return await self._http(request, upstream, session_id, cookie)
+        banner = self.tools is not None and wants_banner(request, rest)
+        return await self._http(request, upstream, session_id, cookie, banner)
 
     def _forward_headers(self, request: web.Request) -> dict[str, str]:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        if "Cookie" in headers:
+            # The sign-in is binderless's: a session's server (the repository's code)
+            # never sees it, so it cannot take it elsewhere.
+            headers["Cookie"] = private_cookies_removed(headers["Cookie"])
+            if not headers["Cookie"]:
+                del headers["Cookie"]
         headers["X-Forwarded-For"] = request.remote or ""
         headers["X-Forwarded-Proto"] = request.scheme
         headers["X-Forwarded-Host"] = request.host
         return headers
 
     async def _http(self, request: web.Request, upstream: URL, session_id: str,
-                    cookie: str) -> web.StreamResponse:
+                    cookie: str, banner: bool = False) -> web.StreamResponse:
         body = request.content if request.body_exists else None
+        headers = self._forward_headers(request)
+        if banner:  # the page is changed on its way: it must come uncompressed
+            headers = {k: v for k, v in headers.items() if k.lower() != "accept-encoding"}
+            headers["Accept-Encoding"] = "identity"
         try:
             upstream_response = await self.client.request(
-                request.method, upstream, headers=self._forward_headers(request), data=body,
+                request.method, upstream, headers=headers, data=body,
                 allow_redirects=False,
             )
         except aiohttp.ClientError as exc:
@@ -109,14 +151,32 @@ class SessionProxy:
             for key, value in upstream_response.headers.items():
                 if key.lower() in HOP_BY_HOP:
                     continue
+                if key.lower() == "set-cookie" and value.lstrip().startswith(PRIVATE_PREFIX):
+                    continue  # a session's server may not sign anyone in or out
                 response.headers.add(key, value)
             if cookie:
                 # Set before prepare(): once the headers are sent, a cookie is lost.
                 response.set_cookie(cookie_name(session_id), cookie, path=f"/user/{session_id}/",
                                     httponly=True, samesite="Lax")
+            page = b""
+            if banner and upstream_response.status == 200 and \
+                    upstream_response.content_type == "text/html" and \
+                    upstream_response.headers.get("Content-Encoding", "identity") == "identity":
+                while len(page) <= MAX_PAGE_BYTES and (
+                        chunk := await upstream_response.content.readany()):
+                    page += chunk
+                if len(page) <= MAX_PAGE_BYTES:
+                    page = inject_banner(page, session_id)
+                    response.content_length = len(page)
+                    await response.prepare(request)
+                    await response.write(page)
+                    await response.write_eof()
+                    return response
             if upstream_response.headers.get("Content-Length") is not None:
                 response.content_length = int(upstream_response.headers["Content-Length"])
             await response.prepare(request)
+            if page:
+                await response.write(page)
             async for chunk in upstream_response.content.iter_any():
                 await response.write(chunk)
             await response.write_eof()

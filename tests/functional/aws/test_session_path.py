@@ -40,6 +40,7 @@ from binderless.aws.spawner import FargateSpawner, checkout_key, pack_checkout
 from binderless.backends.docker import jupyter_arguments
 from binderless.backends.protocols import ImageRef, SessionHandle, SessionSpec
 from binderless.errors import BinderlessError, LaunchFailed, QuotaExceeded
+from tests.aws_network import session_network
 
 ROOT = Path(__file__).resolve().parents[3]
 SESSION_START = ROOT / "build-runner" / "session-start"
@@ -81,14 +82,8 @@ def aws() -> Iterator[Aws]:
     with mock_aws():
         state_manager.set_transition("ecs::task", {"progression": "manual", "times": 10**9})
         try:
-            ec2 = boto3.client("ec2", region_name=REGION)
-            vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-            ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
-            subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24",
-                                         AvailabilityZone=f"{REGION}{az}")["Subnet"]["SubnetId"]
-                       for i, az in ((1, "a"), (2, "b"))]
-            group = ec2.create_security_group(GroupName="sessions", Description="sessions",
-                                              VpcId=vpc)["GroupId"]
+            network = session_network(boto3.client("ec2", region_name=REGION), REGION, 2)
+            subnets, group = list(network.subnets), network.security_group
             iam = boto3.client("iam", region_name=REGION)
             trust = ('{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":'
                      '{"Service":"ecs-tasks.amazonaws.com"},"Action":"sts:AssumeRole"}]}')

@@ -1,0 +1,142 @@
+// The countdown banner binderless adds to JupyterLab's pages (see server/session_tools.py).
+// It asks /user/<id>/.binderless/status how long the session has before it is stopped for
+// idleness or age; shortly before, it says so, offers "Keep me running" (idleness only),
+// and for anonymous sessions "Download your work". Polling it never counts as activity.
+(() => {
+  const script = document.currentScript;
+  const session = script && script.dataset.binderlessSession;
+  if (!session || document.getElementById("binderless-banner")) return;
+  const base = `/user/${session}/.binderless/`;
+  const POLL_MS = 15000;
+  const CLOSE_POLL_MS = 3000;
+
+  let status = null;
+  let fetchedAt = 0;
+  let stopped = false;
+  let pollTimer = 0;
+
+  const bar = document.createElement("div");
+  bar.id = "binderless-banner";
+  bar.setAttribute("role", "status");
+  bar.setAttribute("aria-live", "polite");
+  bar.hidden = true;
+  bar.style.cssText = [
+    "position:fixed", "z-index:2147483647", "left:50%", "bottom:12px",
+    "transform:translateX(-50%)", "max-width:min(44rem,calc(100vw - 24px))",
+    "display:flex", "flex-wrap:wrap", "align-items:center", "gap:8px 12px",
+    "padding:10px 14px", "border-radius:10px", "border:1px solid #f0cf8a",
+    "background:#fff7e6", "color:#3b2a00", "box-shadow:0 4px 16px rgb(16 22 28 / 20%)",
+    "font:14px/1.4 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif",
+  ].join(";");
+  const text = document.createElement("span");
+  text.id = "binderless-banner-text";
+  const keep = button("Keep me running", "binderless-keep");
+  const download = document.createElement("a");
+  download.id = "binderless-download";
+  download.textContent = "Download your work";
+  download.setAttribute("download", "");
+  styleButton(download, false);
+  const projects = document.createElement("a");
+  projects.textContent = "Your projects";
+  projects.href = "/projects";
+  projects.target = "_blank";
+  styleButton(projects, false);
+  bar.append(text, keep, download, projects);
+
+  function button(label, id) {
+    const node = document.createElement("button");
+    node.type = "button";
+    node.id = id;
+    node.textContent = label;
+    styleButton(node, true);
+    return node;
+  }
+
+  function styleButton(node, primary) {
+    node.style.cssText = [
+      "font:inherit", "font-weight:600", "cursor:pointer", "padding:4px 10px",
+      "border-radius:6px", "text-decoration:none", "border:1px solid #0b6e80",
+      primary ? "background:#0b6e80;color:#fff" : "background:#fff;color:#085866",
+    ].join(";");
+  }
+
+  function clock(seconds) {
+    const s = Math.max(0, Math.round(seconds));
+    const m = Math.floor(s / 60);
+    return `${m}:${String(s % 60).padStart(2, "0")}`;
+  }
+
+  function render() {
+    if (!status) return;
+    if (stopped) {
+      bar.hidden = false;
+      keep.hidden = download.hidden = true;
+      projects.hidden = !status.signed_in;
+      text.textContent = status.persistent
+        ? "This session has stopped. Your files are kept: open the repository's link again, "
+          + "or your projects page, to carry on."
+        : "This session has stopped.";
+      return;
+    }
+    const elapsed = (Date.now() - fetchedAt) / 1000;
+    const idle = status.idle_seconds_left - elapsed;
+    const age = status.age_seconds_left - elapsed;
+    const left = Math.min(idle, age);
+    if (left > status.warning_seconds) {
+      bar.hidden = true;
+      return;
+    }
+    bar.hidden = false;
+    const byAge = age <= idle;
+    let message = byAge
+      ? `This session reaches its time limit in ${clock(left)}.`
+      : `This session stops in ${clock(left)} if it stays idle.`;
+    if (left <= 0) message = "This session may stop at any moment.";
+    message += status.persistent
+      ? ` Your files are kept in your project “${status.project}”.`
+      : " Its files will be gone then.";
+    text.textContent = message;
+    keep.hidden = byAge;
+    download.hidden = status.persistent;
+    download.href = status.download_url;
+    projects.hidden = !status.signed_in;
+  }
+
+  async function poll(method = "GET", action = "status") {
+    clearTimeout(pollTimer);
+    try {
+      const response = await fetch(base + action, { method, credentials: "same-origin",
+                                                    headers: { Accept: "application/json" } });
+      if (response.ok) {
+        status = await response.json();
+        fetchedAt = Date.now();
+        stopped = !status.running;
+      } else if (response.status === 404 || response.status === 502) {
+        stopped = status !== null;
+      }
+    } catch {
+      // The network blinked; the next poll tells.
+    }
+    render();
+    if (!stopped) {
+      const close = status && Math.min(status.idle_seconds_left, status.age_seconds_left)
+        <= status.warning_seconds + POLL_MS / 1000;
+      pollTimer = setTimeout(poll, close ? CLOSE_POLL_MS : POLL_MS);
+    }
+  }
+
+  keep.addEventListener("click", async () => {
+    keep.disabled = true;
+    await poll("POST", "keepalive");
+    keep.disabled = false;
+  });
+
+  function mount() {
+    document.body.append(bar);
+    poll();
+    setInterval(render, 1000);
+  }
+
+  if (document.body) mount();
+  else document.addEventListener("DOMContentLoaded", mount);
+})();
