@@ -6,7 +6,8 @@
 
 Needs only Python 3.11 or newer. Creates `.venv/` beside this file, installs the
 project into it with uv, and (for the tests) installs Debian's Chromium when it
-is missing. Re-running is cheap: nothing is reinstalled unless pyproject.toml changed.
+is missing and the browser tests' npm packages (`npm ci` in tests/js). Re-running is
+cheap: nothing is reinstalled unless pyproject.toml or tests/js/package-lock.json changed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / "bin"
 STAMP = VENV / ".binderless-installed"
+# The browser tests' npm packages (thebe, axe-core), pinned by tests/js/package-lock.json.
+JS_DIR = ROOT / "tests" / "js"
+JS_STAMP = JS_DIR / "node_modules" / ".binderless-installed"
 
 # No AWS SDK or CLI started from here may look for credentials on the network.
 SAFE_AWS_ENV = {
@@ -85,6 +89,23 @@ def setup_chromium() -> None:
     run([*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"], env=env)
 
 
+def setup_npm() -> None:
+    """`npm ci` in tests/js when its lock file changed (or node_modules is missing)."""
+    wanted = hashlib.sha256((JS_DIR / "package.json").read_bytes()
+                            + (JS_DIR / "package-lock.json").read_bytes()).hexdigest()
+    if JS_STAMP.exists() and JS_STAMP.read_text().strip() == wanted:
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        sys.exit("dev.py: npm is missing. The browser tests load thebe and axe-core from the npm "
+                 "registry: install Node.js with npm (on Debian: apt-get install -y nodejs npm), "
+                 "then run this again.")
+    say("installing the browser tests' npm packages (npm ci in tests/js)")
+    run([npm, "ci", "--prefix", str(JS_DIR), "--ignore-scripts", "--no-audit", "--no-fund"],
+        env=base_env())
+    JS_STAMP.write_text(wanted + "\n")
+
+
 def serve(args: list[str]) -> None:
     setup_python()
     env = base_env()
@@ -96,6 +117,7 @@ def serve(args: list[str]) -> None:
 def test(args: list[str]) -> None:
     setup_python()
     setup_chromium()
+    setup_npm()
     env = base_env()
     say("ruff")
     run([str(BIN / "ruff"), "check", "functions", "tests", "bench", "dev.py"], env=env)

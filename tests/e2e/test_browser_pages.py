@@ -204,7 +204,8 @@ def test_home_page_builds_link_and_badge_from_a_pasted_github_url(
     assert repo_field.input_value() == "binder-examples/requirements"
     assert page.locator("#ref").input_value() == "main"
     assert page.locator("#link").inner_text() == link
-    assert page.locator("#badge").inner_text() == f"[![Binder]({origin}/badge_logo.svg)]({link})"
+    assert page.locator("#snippet-md").inner_text() == (
+        f"[![Binder]({origin}/badge_logo.svg)]({link})")
 
     # A file to open becomes labpath=; the URL toggle makes it urlpath=.
     page.locator("#path").fill("notebooks/intro.ipynb")

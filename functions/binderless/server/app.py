@@ -24,10 +24,20 @@ from ..api import (
     versions_document,
 )
 from ..errors import BadLink, BinderlessError
+from ..estimate import launch_estimate
 from ..events import KEEPALIVE, event_from_error, sse_frame
+from ..launches import (
+    RecentKeys,
+    idempotency_key,
+    launch_document,
+    launch_request,
+    status_document,
+)
 from ..links import legacy_redirect, split_launch_path
 from ..service import LaunchRequest, LaunchService
+from .accounts import Accounts
 from .proxy import SessionProxy
+from .session_tools import SessionTools
 
 __all__ = ["SITE_DIR", "create_app"]
 
@@ -53,8 +63,11 @@ class BinderlessServer:
         self.service = service
         self.settings = service.settings
         self.site_dir = site_dir.resolve()
-        self.proxy = SessionProxy(service.routes.lookup, service.record_activity)
+        self.accounts = Accounts.from_service(service, self.site_dir)
+        self.proxy = SessionProxy(service.routes.lookup, service.record_activity,
+                                  identify=self.accounts.owner, tools=SessionTools(service))
         self._culler: asyncio.Task[None] | None = None
+        self._launch_keys = RecentKeys()
 
     # ----- dispatch ----------------------------------------------------------------------
 
@@ -64,10 +77,16 @@ class BinderlessServer:
             if path.startswith("/user/"):
                 session_id = path.split("/")[2]
                 return await self.proxy.handle(request, session_id)
+            if self.accounts.handles(path):
+                return await self.accounts.handle(request, path)
             if request.method == "OPTIONS":
                 return web.Response(status=204, headers={
-                    **CORS, "Access-Control-Allow-Methods": "GET, OPTIONS",
+                    **CORS, "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
                     "Access-Control-Allow-Headers": "*"})
+            if path == "/api/launches":
+                return await self.create_launch(request)
+            if path.startswith("/api/launches/"):
+                return await self.launch_api(request, path)
             if request.method not in ("GET", "HEAD"):
                 return web.json_response({"message": "Method not allowed."}, status=405)
             if path.startswith("/build/"):
@@ -148,6 +167,67 @@ class BinderlessServer:
         return web.json_response(
             repoproviders_document(self.service.providers.display_configs()), headers=CORS)
 
+    async def launch_api(self, request: web.Request, path: str) -> web.Response:
+        """What the loading page asks about the launch it follows (the id comes from the
+        stream's event ids): ``GET /api/launches/<id>/estimate``, ``POST .../cancel``."""
+        parts = path.split("/")  # "", "api", "launches", <id>, <action>
+        action = parts[4] if len(parts) == 5 else "" if len(parts) == 4 else "-"
+        methods = {"estimate": ("GET", "HEAD"), "cancel": ("POST",), "": ("GET", "HEAD"),
+                   "events": ("GET", "HEAD")}.get(action)
+        if methods is None:
+            return web.json_response({"message": "Not found.", "status_code": 404},
+                                     status=404, headers=CORS)
+        if request.method not in methods:
+            return web.json_response({"message": "Method not allowed.", "status_code": 405},
+                                     status=405, headers={**CORS, "Allow": ", ".join(methods)})
+        launch_id = parts[3]
+        if action in ("", "events"):
+            return self.launch_record(request, launch_id, action)
+        if action == "cancel":
+            cancelled = self.service.cancel(launch_id)
+            return web.json_response({"launch_id": launch_id, "cancelled": cancelled}, status=202)
+        estimate = await asyncio.to_thread(
+            launch_estimate, self.service.store, launch_id, self.service.clock())
+        return web.json_response(estimate, headers={**CORS, "Cache-Control": "no-store"})
+
+    async def create_launch(self, request: web.Request) -> web.Response:
+        """``POST /api/launches``: start a launch, answer with where to follow it (see
+        ``launches.py``); the same ``Idempotency-Key`` gives the same launch back."""
+        if request.method != "POST":
+            return web.json_response({"message": "Method not allowed.", "status_code": 405},
+                                     status=405, headers={**CORS, "Allow": "POST"})
+        key = idempotency_key(request.headers)
+        if key and (earlier := self._launch_keys.get(key)) is not None:
+            return web.json_response(earlier, status=202, headers=CORS)
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        launch = launch_request(body, registry=self.service.providers,
+                                launch_host=self._launch_host(request),
+                                client_ip=request.remote or "")
+        answer = launch_document(self.service.start(launch), launch)
+        if key:
+            self._launch_keys.put(key, answer)
+        return web.json_response(answer, status=202, headers=CORS)
+
+    def launch_record(self, request: web.Request, launch_id: str, action: str) -> web.Response:
+        """``GET /api/launches/<id>`` (its record) and ``.../events?after=N`` (its events),
+        as the AWS mode's REST API answers them."""
+        launch = self.service.store.get_launch(launch_id)
+        if launch is None:
+            return web.json_response({"message": f"There is no launch {launch_id}.",
+                                      "status_code": 404}, status=404, headers=CORS)
+        if not action:
+            return web.json_response(status_document(launch), headers=CORS)
+        after = request.query.get("after", "0")
+        if not after.isdigit():
+            return web.json_response({"message": "after must be a whole number.",
+                                      "status_code": 400}, status=400, headers=CORS)
+        events = [{"id": f"{launch_id}:{seq}", **event.to_json()}
+                  for seq, event in self.service.events.read(launch_id, int(after))]
+        return web.json_response({"events": events}, headers=CORS)
+
     # ----- the event stream ------------------------------------------------------------
 
     def _launch_host(self, request: web.Request) -> str:
@@ -187,10 +267,16 @@ class BinderlessServer:
                     provider=target.provider, spec=target.spec,
                     launch_host=self._launch_host(request),
                     client_ip=request.remote or "", build_only=build_only,
+                    owner=self.accounts.owner(request),
                 ))
                 after = 0
             else:
                 launch_id, after = resumed
+                # Created through the REST API, or left by a gateway that died: drive it
+                # here unless a live process does. Events the dead one had not stored
+                # yet are gone: carry on after the last stored one.
+                if await self.service.resume(launch_id):
+                    after = min(after, self.service.events.last_seq(launch_id))
             async for item in self.service.events.follow(
                 launch_id, after, tick=self.settings.keepalive_seconds
             ):
@@ -221,6 +307,7 @@ class BinderlessServer:
         with contextlib.suppress(asyncio.CancelledError):
             await self._culler
         await self.proxy.close()
+        await self.accounts.close()
         await self.service.close()
 
 

@@ -3,12 +3,13 @@
 
 /** Providers this page knows how to write links for, in the order the home page lists them.
  *  `encode`: the repository part is one encodeURIComponent-ed segment (BinderHub's urlEncode).
- *  `ref`: the spec ends in /<ref>. */
+ *  `ref`: the spec ends in /<ref>. `thebe`: thebe's and MyST's name for the provider, for
+ *  the providers they can launch. */
 export const PROVIDERS = [
-  { id: "gh", name: "GitHub", label: "GitHub repository", placeholder: "org/repo or https://github.com/org/repo", ref: true, encode: false },
-  { id: "git", name: "Git repository", label: "Git repository URL", placeholder: "https://example.org/org/repo.git", ref: true, encode: true },
-  { id: "gl", name: "GitLab", label: "GitLab project", placeholder: "group/project or https://gitlab.com/group/project", ref: true, encode: true },
-  { id: "gist", name: "Gist", label: "Gist", placeholder: "user/gist-id", ref: true, encode: false },
+  { id: "gh", name: "GitHub", label: "GitHub repository", placeholder: "org/repo or https://github.com/org/repo", ref: true, encode: false, thebe: "github" },
+  { id: "git", name: "Git repository", label: "Git repository URL", placeholder: "https://example.org/org/repo.git", ref: true, encode: true, thebe: "git" },
+  { id: "gl", name: "GitLab", label: "GitLab project", placeholder: "group/project or https://gitlab.com/group/project", ref: true, encode: true, thebe: "gitlab" },
+  { id: "gist", name: "Gist", label: "Gist", placeholder: "user/gist-id", ref: true, encode: false, thebe: "gist" },
   { id: "zenodo", name: "Zenodo", label: "Zenodo DOI", placeholder: "10.5281/zenodo.1234567", ref: false, encode: false },
   { id: "figshare", name: "Figshare", label: "Figshare DOI", placeholder: "10.6084/m9.figshare.1234567.v1", ref: false, encode: false },
   { id: "hydroshare", name: "HydroShare", label: "HydroShare resource", placeholder: "resource id or URL", ref: false, encode: false },
@@ -17,6 +18,20 @@ export const PROVIDERS = [
 ];
 
 export const PHASES = ["waiting", "fetching", "building", "pushing", "built", "launching", "ready"];
+
+// A build log's own step count: Docker's classic builder prints "Step 12/51 : RUN …",
+// BuildKit (docker buildx, which repo2docker uses) "#14 [stage-0 12/51] RUN …".
+const CLASSIC_STEP_RE = /\bStep\s+(\d+)\s*\/\s*(\d+)/;
+const BUILDKIT_STEP_RE = /#\d+\s+\[(?:[\w.-]+\s+)?\s*(\d+)\/(\d+)\]/;
+
+/** The step count a build log line gives, as {n, m}, or null. */
+export function buildStep(line) {
+  const match = CLASSIC_STEP_RE.exec(line) || BUILDKIT_STEP_RE.exec(line);
+  if (!match) return null;
+  const n = Number(match[1]);
+  const m = Number(match[2]);
+  return m > 0 && n <= m ? { n, m } : null;
+}
 
 export function providerById(id) {
   return PROVIDERS.find((p) => p.id === id);
@@ -59,26 +74,42 @@ export function sessionUrl(ready, urlpath) {
   return url.href;
 }
 
+/** A spec split into the repository, as a person writes it, and its ref ("" for archives).
+ *  Accepts the encoded forms BinderHub writes and the ones Jupyter Book and MyST write
+ *  (`git/https%3A//host/org/repo/main`, `gl/group/sub/project/main`). */
+export function splitSpec(provider, spec) {
+  const parts = spec.split("/");
+  const rest = (from) => safeDecode(parts.slice(from).join("/"));
+  if (provider === "gh" || provider === "gist") {
+    return { repo: parts.slice(0, 2).map(safeDecode).join("/"), ref: rest(2) };
+  }
+  if (provider === "gl" || provider === "git") {
+    const first = safeDecode(parts[0]);
+    // MyST's unencoded namespace (gl/group/sub/project/ref) or Jupyter Book's URL that kept
+    // its slashes (git/https%3A//host/org/repo/ref): the ref is the last segment.
+    const unencoded = provider === "gl" ? !/%2F/i.test(parts[0]) : /^[a-z][a-z0-9+.-]*:$/i.test(first);
+    if (unencoded && parts.length > 2) {
+      return { repo: safeDecode(parts.slice(0, -1).join("/")), ref: safeDecode(parts.at(-1)) };
+    }
+    return { repo: first, ref: rest(1) };
+  }
+  return { repo: safeDecode(spec), ref: "" };
+}
+
 /** A short, human name for what is being launched: "org/repo", "group/project", ... */
 export function shortName(provider, spec) {
-  const parts = spec.split("/");
-  if (provider === "gh" || provider === "gist") return parts.slice(0, 2).map(safeDecode).join("/");
-  if (provider === "gl") return safeDecode(parts[0]);
+  const { repo } = splitSpec(provider, spec);
   if (provider === "git") {
-    const url = safeDecode(parts[0]).replace(/\/+$/, "").replace(/\.git$/, "");
+    const url = repo.replace(/\/+$/, "").replace(/\.git$/, "");
     const path = url.replace(/^[a-z][a-z0-9+.-]*:\/*/i, "").split("/").filter(Boolean);
     return path.slice(-2).join("/") || url;
   }
-  return safeDecode(spec);
+  return repo;
 }
 
 /** The ref part of a spec, for providers whose specs end in one ("" otherwise). */
 export function specRef(provider, spec) {
-  const parts = spec.split("/");
-  if (provider === "gh") return safeDecode(parts.slice(2).join("/"));
-  if (provider === "gl" || provider === "git") return safeDecode(parts.slice(1).join("/"));
-  if (provider === "gist") return safeDecode(parts.slice(2).join("/"));
-  return "";
+  return splitSpec(provider, spec).ref;
 }
 
 /** Encode a ref for a link: each segment escaped, the slashes of `feature/x` kept. */
@@ -91,18 +122,26 @@ function encodeQueryPath(path) {
   return encodeURIComponent(path).replace(/%2F/gi, "/");
 }
 
-/** The spec part of a launch link (after `/v2/`), or "" when the repository is empty. */
-export function buildSpec(providerId, repo, ref) {
-  const provider = providerById(providerId);
+function cleanRepo(providerId, repo) {
   let name = repo.trim();
-  if (!provider || !name) return "";
   if (providerId === "gh" || providerId === "gl" || providerId === "gist") {
     name = name.replace(/^\/+|\/+$/g, "").replace(/\.git$/, "");
   }
+  return name;
+}
+
+function cleanRef(ref) {
+  return (ref || "").trim().replace(/^\/+|\/+$/g, "") || "HEAD";
+}
+
+/** The spec part of a launch link (after `/v2/`), or "" when the repository is empty. */
+export function buildSpec(providerId, repo, ref) {
+  const provider = providerById(providerId);
+  const name = cleanRepo(providerId, repo);
+  if (!provider || !name) return "";
   const target = provider.encode ? encodeURIComponent(name) : name;
   if (!provider.ref) return `${providerId}/${target}`;
-  const cleanRef = (ref || "").trim().replace(/^\/+|\/+$/g, "") || "HEAD";
-  return `${providerId}/${target}/${encodeRef(cleanRef)}`;
+  return `${providerId}/${target}/${encodeRef(cleanRef(ref))}`;
 }
 
 /** A full launch link. `pathKind` is "file" (labpath) or "url" (urlpath). */
@@ -123,48 +162,163 @@ export function badgeMarkdown(origin, link) {
   return `[![Binder](${origin}/badge_logo.svg)](${link})`;
 }
 
-/** Recognise a pasted repository URL and say what it means:
- *  {provider, repo, ref?, path?} or null when it is not a URL we understand. */
+export function badgeRst(origin, link) {
+  return `.. image:: ${origin}/badge_logo.svg\n   :target: ${link}\n   :alt: Binder`;
+}
+
+function escapeHtml(text) {
+  return text.replace(/&/g, "&amp;").replace(/"/g, "&quot;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+}
+
+export function badgeHtml(origin, link) {
+  return `<a href="${escapeHtml(link)}"><img src="${escapeHtml(origin)}/badge_logo.svg" alt="Launch Binder"></a>`;
+}
+
+/** A YAML scalar: plain when it is safe, double-quoted otherwise. */
+function yamlValue(text) {
+  return /^[A-Za-z0-9_./-]+$/.test(text) && !/^[-.]/.test(text) ? text : JSON.stringify(text);
+}
+
+/** What thebe and MyST need to launch a repository here, or null for the providers they
+ *  cannot launch (the archives: Zenodo, Figshare, ...). */
+export function thebeTarget(origin, providerId, repo, ref) {
+  const provider = providerById(providerId);
+  const name = cleanRepo(providerId, repo);
+  if (!provider || !provider.thebe || !name) return null;
+  return { binderUrl: origin, repoProvider: provider.thebe, repo: name, ref: cleanRef(ref) };
+}
+
+/** MyST's project or page frontmatter (`jupyter.binder`), which powers its launch button
+ *  and its live code cells. */
+export function mystFrontmatter(target) {
+  if (!target) return "";
+  return [
+    "jupyter:",
+    "  binder:",
+    `    url: ${yamlValue(target.binderUrl + "/")}`,
+    `    repo: ${yamlValue(target.repo)}`,
+    `    ref: ${yamlValue(target.ref)}`,
+    `    provider: ${target.repoProvider}`,
+  ].join("\n");
+}
+
+/** A thebe configuration block for a page's <head>. thebe 0.9 reads the kernel's name from
+ *  `kernelName`, thebe 0.8 from `name`: the block sets both. */
+export function thebeConfig(target) {
+  if (!target) return "";
+  const config = {
+    requestKernel: true,
+    binderOptions: {
+      binderUrl: target.binderUrl,
+      repoProvider: target.repoProvider,
+      repo: target.repo,
+      ref: target.ref,
+    },
+    kernelOptions: { kernelName: "python3", name: "python3" },
+  };
+  // A "</" inside the JSON would end the <script> element early.
+  const json = JSON.stringify(config, null, 2).replace(/<\//g, "<\\/");
+  return `<script type="text/x-thebe-config">\n${json}\n</script>`;
+}
+
+const DOI_RE = /^(?:doi:\s*|https?:\/\/(?:dx\.)?doi\.org\/)?(10\.\d{4,9}\/\S+)$/i;
+
+function fromDoi(doi) {
+  const value = safeDecode(doi);
+  if (/^10\.5281\/zenodo\.\d+$/i.test(value)) return { provider: "zenodo", repo: value };
+  return { provider: "doi", repo: value };
+}
+
+/** A pasted Binder link (from any BinderHub): provider, repository, ref and path. */
+function fromLaunchLink(url) {
+  const match = /\/v2\/([^/]+)\/(.+?)\/*$/.exec(url.pathname);
+  if (!match || !providerById(match[1])) return null;
+  const provider = match[1];
+  const { repo, ref } = splitSpec(provider, match[2]);
+  if (!repo) return null;
+  const result = { provider, repo };
+  if (ref) result.ref = ref;
+  const params = url.searchParams;
+  const labpath = params.get("labpath") || params.get("filepath");
+  const urlpath = params.get("urlpath");
+  if (labpath) {
+    result.path = labpath.replace(/^\/+/, "");
+    result.pathKind = "file";
+  } else if (urlpath) {
+    result.path = urlpath.replace(/^\/+/, "");
+    result.pathKind = "url";
+  }
+  return result;
+}
+
+/** Recognise a pasted repository or record address and say what it means:
+ *  {provider, repo, ref?, path?, pathKind?}, or null when it is no address. */
 export function parseRepoUrl(text) {
+  const trimmed = text.trim();
+  const doi = DOI_RE.exec(trimmed);
+  if (doi) return fromDoi(doi[1]);
   let url;
   try {
-    url = new URL(text.trim());
+    url = new URL(trimmed);
   } catch {
     return null;
   }
   if (url.protocol !== "https:" && url.protocol !== "http:") return null;
+  const launch = fromLaunchLink(url);
+  if (launch) return launch;
   const host = url.hostname.toLowerCase().replace(/^www\./, "");
   const parts = url.pathname.split("/").filter(Boolean).map(safeDecode);
   if (host === "github.com" && parts.length >= 2) {
     const result = { provider: "gh", repo: `${parts[0]}/${parts[1].replace(/\.git$/, "")}` };
-    if ((parts[2] === "tree" || parts[2] === "blob") && parts[3]) {
+    if (["tree", "blob", "commit"].includes(parts[2]) && parts[3]) {
       result.ref = parts[3];
-      if (parts[2] === "blob" && parts.length > 4) result.path = parts.slice(4).join("/");
-    } else if (parts[2] === "commit" && parts[3]) {
-      result.ref = parts[3];
+      if (parts[2] === "blob" && parts.length > 4) {
+        result.path = parts.slice(4).join("/");
+        result.pathKind = "file";
+      }
     }
     return result;
   }
   if (host === "gist.github.com" && parts.length >= 2) {
-    return { provider: "gist", repo: `${parts[0]}/${parts[1]}` };
+    return { provider: "gist", repo: `${parts[0]}/${parts[1].replace(/\.git$/, "")}` };
   }
   if (host === "gitlab.com" && parts.length >= 2) {
     const dash = parts.indexOf("-");
     const project = (dash === -1 ? parts : parts.slice(0, dash)).join("/").replace(/\.git$/, "");
     const result = { provider: "gl", repo: project };
-    if (dash !== -1 && (parts[dash + 1] === "tree" || parts[dash + 1] === "blob") && parts[dash + 2]) {
+    const kind = dash === -1 ? "" : parts[dash + 1];
+    if (["tree", "blob", "commit"].includes(kind) && parts[dash + 2]) {
       result.ref = parts[dash + 2];
+      if (kind === "blob" && parts.length > dash + 3) {
+        result.path = parts.slice(dash + 3).join("/");
+        result.pathKind = "file";
+      }
     }
     return result;
   }
-  if (host === "doi.org" && parts.length >= 2) {
-    return { provider: "doi", repo: parts.join("/") };
+  if ((host === "zenodo.org" || host === "sandbox.zenodo.org")
+      && (parts[0] === "records" || parts[0] === "record") && /^\d+$/.test(parts[1] || "")) {
+    const prefix = host === "zenodo.org" ? "10.5281" : "10.5072";
+    return { provider: "zenodo", repo: `${prefix}/zenodo.${parts[1]}` };
   }
-  if (host === "zenodo.org" && parts[0] === "records" && parts[1]) {
-    return { provider: "zenodo", repo: `10.5281/zenodo.${parts[1]}` };
+  if (host === "figshare.com" && parts[0] === "articles") {
+    // /articles/<type>/<title>/<id>[/<version>] or /articles/<title>/<id>[/<version>]
+    const numeric = (p) => /^\d+$/.test(p || "");
+    const [last, before] = [parts.at(-1), parts.at(-2)];
+    if (numeric(last) && numeric(before) && parts.length > 3) {
+      return { provider: "figshare", repo: `10.6084/m9.figshare.${before}.v${last}` };
+    }
+    if (numeric(last)) return { provider: "figshare", repo: `10.6084/m9.figshare.${last}` };
   }
-  if (host === "hydroshare.org" && /^[0-9a-f]{32}$/.test(parts[1] || "")) {
+  if (host === "hydroshare.org" && parts[0] === "resource" && /^[0-9a-f]{32}$/.test(parts[1] || "")) {
     return { provider: "hydroshare", repo: parts[1] };
   }
-  return null;
+  const persistentId = url.searchParams.get("persistentId") || "";
+  if (url.pathname.endsWith("/dataset.xhtml") && /^doi:10\./i.test(persistentId)) {
+    return { provider: "dataverse", repo: persistentId.replace(/^doi:/i, "") };
+  }
+  if (host === "doi.org" || host === "dx.doi.org") return null;
+  // Any other address: a git repository to clone.
+  const clean = `${url.protocol}//${url.host}${url.pathname}`.replace(/\/+$/, "");
+  return parts.length ? { provider: "git", repo: clean } : null;
 }

@@ -1,6 +1,9 @@
-// The home page: build a launch link and its badge from the form, copy them, launch.
+// The home page: build a launch link, its badges and embeds from the form, copy them, launch.
 
-import { badgeMarkdown, buildLaunchLink, parseRepoUrl, providerById } from "/assets/js/binder.js";
+import {
+  badgeHtml, badgeMarkdown, badgeRst, buildLaunchLink, mystFrontmatter, parseRepoUrl,
+  providerById, thebeConfig, thebeTarget,
+} from "/assets/js/binder.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -9,14 +12,20 @@ const el = {
   provider: $("provider"),
   repo: $("repo"),
   repoLabel: $("repo-label"),
-  repoHelp: $("repo-help"),
   repoError: $("repo-error"),
+  fillStatus: $("fill-status"),
   refField: $("ref-field"),
   ref: $("ref"),
   path: $("path"),
   pathHelp: $("path-help"),
   link: $("link"),
-  badge: $("badge"),
+  badgeLink: $("badge-preview-link"),
+  md: $("snippet-md"),
+  rst: $("snippet-rst"),
+  html: $("snippet-html"),
+  myst: $("snippet-myst"),
+  thebe: $("snippet-thebe"),
+  thebeNote: $("thebe-note"),
   copyStatus: $("copy-status"),
 };
 
@@ -26,12 +35,17 @@ const PATH_HELP = {
 };
 const PATH_PLACEHOLDER = { file: "index.ipynb", url: "lab" };
 const EMPTY_LINK = "Fill in a repository to get its link.";
+const NO_THEBE = "(thebe and MyST cannot launch this source: use the badge)";
 
 const origin = location.origin;
 
 function pathKind() {
   const checked = el.form.querySelector('input[name="pathkind"]:checked');
   return checked ? checked.value : "file";
+}
+
+function setPathKind(kind) {
+  el.form.querySelector(kind === "url" ? "#kind-url" : "#kind-file").checked = true;
 }
 
 function currentLink() {
@@ -63,11 +77,23 @@ function showProblem(message) {
 function render() {
   const link = currentLink();
   const ok = Boolean(link);
+  const shown = ok ? link : `${origin}/v2/…`;
   el.link.textContent = ok ? link : EMPTY_LINK;
-  el.badge.textContent = badgeMarkdown(origin, ok ? link : `${origin}/v2/…`);
   el.link.classList.toggle("muted", !ok);
-  el.badge.classList.toggle("muted", !ok);
-  for (const button of el.form.querySelectorAll("[data-copy]")) button.disabled = !ok;
+  el.badgeLink.href = ok ? link : "#main";
+  el.md.textContent = badgeMarkdown(origin, shown);
+  el.rst.textContent = badgeRst(origin, shown);
+  el.html.textContent = badgeHtml(origin, shown);
+  const target = thebeTarget(origin, el.provider.value, el.repo.value, el.ref.value);
+  el.myst.textContent = target ? mystFrontmatter(target) : NO_THEBE;
+  el.thebe.textContent = target ? thebeConfig(target) : NO_THEBE;
+  el.thebeNote.hidden = Boolean(target) || !ok;
+  for (const code of [el.md, el.rst, el.html]) code.classList.toggle("muted", !ok);
+  for (const code of [el.myst, el.thebe]) code.classList.toggle("muted", !ok || !target);
+  for (const button of document.querySelectorAll("[data-copy]")) {
+    const needsThebe = button.dataset.copy === "snippet-myst" || button.dataset.copy === "snippet-thebe";
+    button.disabled = !ok || (needsThebe && !target);
+  }
   if (el.repoError.textContent && !repoProblem()) showProblem("");
 }
 
@@ -87,19 +113,23 @@ function updatePathKind() {
   render();
 }
 
-/** Fill the form from a repository address; true when the text was one we understand. */
-function applyRepoUrl(text) {
+/** Fill the form from an address; true when the text was one we understand. A paste
+ *  replaces the whole form; an address typed in keeps the ref and path it does not name. */
+function applyRepoUrl(text, { replace = false } = {}) {
   const found = parseRepoUrl(text);
   if (!found) return false;
   el.provider.value = found.provider;
   el.repo.value = found.repo;
-  if (found.ref) el.ref.value = found.ref;
-  if (found.path) {
-    el.path.value = found.path;
-    el.form.querySelector("#kind-file").checked = true;
+  if (found.ref || replace) el.ref.value = found.ref || "HEAD";
+  if (found.path || replace) {
+    el.path.value = found.path || "";
+    setPathKind(found.pathKind || "file");
   }
   updateProvider();
   updatePathKind();
+  const known = providerById(found.provider);
+  el.fillStatus.textContent = `Filled in from the address: ${known.name}, ${found.repo}`
+    + (known.ref ? `, ref ${el.ref.value}` : "") + (found.path ? `, path ${found.path}` : "") + ".";
   return true;
 }
 
@@ -132,10 +162,10 @@ async function copyText(text) {
 async function onCopy(button) {
   const source = $(button.dataset.copy);
   const ok = await copyText(source.textContent);
-  const label = button.dataset.copy === "badge" ? "Badge" : "Link";
+  const what = button.dataset.what || "Text";
   button.textContent = ok ? "Copied" : "Copy failed";
-  el.copyStatus.textContent = ok ? `${label} copied to the clipboard.`
-    : `Could not copy. Select the ${label.toLowerCase()} and copy it by hand.`;
+  el.copyStatus.textContent = ok ? `${what} copied to the clipboard.`
+    : `Could not copy. Select the ${what.toLowerCase()} and copy it by hand.`;
   clearTimeout(button._reset);
   button._reset = setTimeout(() => {
     button.textContent = "Copy";
@@ -165,11 +195,11 @@ function init() {
     const text = event.clipboardData ? event.clipboardData.getData("text") : "";
     if (text && parseRepoUrl(text)) {
       event.preventDefault();
-      applyRepoUrl(text);
+      applyRepoUrl(text, { replace: true });
     }
   });
   el.repo.addEventListener("change", () => applyRepoUrl(el.repo.value));
-  for (const button of el.form.querySelectorAll("[data-copy]")) {
+  for (const button of document.querySelectorAll("[data-copy]")) {
     button.addEventListener("click", () => onCopy(button));
   }
   el.form.addEventListener("submit", onSubmit);
