@@ -18,13 +18,16 @@ from aws_lambda_powertools.metrics import MetricUnit
 from chalice import Chalice, Response
 
 from binderless.api import health_document, repoproviders_document, versions_document
+from binderless.aws.metrics import FUNCTIONS_SERVICE, NAMESPACE
 from binderless.errors import BinderlessError
 from binderless.settings import Settings, load_settings
 
 app = Chalice(app_name="binderless")
 logger = Logger(service="binderless")
 # CloudWatch embedded metric format: printed with the logs, no API call from the function.
-metrics = Metrics(namespace="binderless", service="binderless")
+# Every name counted here is listed in binderless.aws.metrics.FUNCTION_METRICS (a test
+# checks), which the dashboard and alarms of infra/ are checked against.
+metrics = Metrics(namespace=NAMESPACE, service=FUNCTIONS_SERVICE)
 
 
 @cache

@@ -67,8 +67,8 @@ def add_parsers(sub: Any) -> None:
         "destroy",
         help="delete a binderless deployment (asks whether to keep its user data)",
         description="Delete the stack NAME and its assets stack. The user data - the state "
-        "table, the sessions bucket, the environment images and the persistent homes (EFS) - "
-        "is kept or deleted as you choose: pass --keep-data or --delete-data, or answer the "
+        "table, the sessions bucket, the environment images, the persistent homes (EFS) and "
+        "the sign-in accounts (Cognito) - is kept or deleted as you choose: pass --keep-data or --delete-data, or answer the "
         "question. The launch pages and the packaged code are always deleted.",
         epilog="Example: binderless destroy --stack binder --region eu-west-1 --keep-data",
     )
@@ -168,8 +168,8 @@ def destroy(args: argparse.Namespace, *, clients: ClientFactory | None, out: Tex
                 return 1
         while delete_data is None:
             answer = ask("Delete the user data too (the state table, the sessions bucket, "
-                         "the environment images and the persistent homes)? "
-                         "[keep/delete]: ").strip().lower()
+                         "the environment images, the persistent homes and the sign-in "
+                         "accounts)? [keep/delete]: ").strip().lower()
             if answer in ("keep", "delete"):
                 delete_data = answer == "delete"
     executor = AwsExecutor(clients or default_clients(region), region, out, sleep=sleep)

@@ -39,6 +39,7 @@ RETAINED_KINDS = {
     "AWS::S3::Bucket": "the sessions bucket",
     "AWS::ECR::Repository": "the environment images",
     "AWS::EFS::FileSystem": "the persistent homes",
+    "AWS::Cognito::UserPool": "the sign-in accounts",
 }
 
 
@@ -229,6 +230,8 @@ class AwsExecutor:
                 self.clients("ecr").delete_repository(repositoryName=physical, force=True)
             elif kind == "AWS::EFS::FileSystem":
                 self._delete_file_system(physical)
+            elif kind == "AWS::Cognito::UserPool":
+                self.clients("cognito-idp").delete_user_pool(UserPoolId=physical)
             else:
                 self.say(f"  {physical} ({kind}) is kept: binderless does not delete this kind")
         except Exception as exc:

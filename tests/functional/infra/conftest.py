@@ -15,6 +15,16 @@ import pytest
 from binderless.cli import build_parser
 from binderless.deploy.cli import run
 
+#: Settings only the gateway gets (infra/service/compute.yaml): the public URL (the functions
+#: cannot have it: the distribution depends on their API), and sign-in with persistent
+#: workspaces (the functions sign no one in and keep no files).
+GATEWAY_ONLY = frozenset({
+    "BINDERLESS_PUBLIC_URL", "BINDERLESS_SIGN_IN", "BINDERLESS_OIDC_ISSUER",
+    "BINDERLESS_OIDC_CLIENT_ID", "BINDERLESS_OIDC_CLIENT_SECRET", "BINDERLESS_AUTH_SECRET",
+    "BINDERLESS_EFS_FILE_SYSTEM_ID", "BINDERLESS_EFS_HOME_ROOT", "BINDERLESS_WORKSPACES_DIR",
+    "BINDERLESS_MAX_PROJECTS_PER_USER",
+})
+
 
 @dataclass(frozen=True)
 class DryRun:

@@ -24,7 +24,6 @@ UNSCOPABLE = {
     "ec2:DescribeSubnets": "Describe calls take no resource",
     "ec2:DescribeSecurityGroups": "Describe calls take no resource",
     "ec2:DescribeVpcs": "Describe calls take no resource",
-    "ecs:ListTasks": "names container instances, not tasks; scoped by the ecs:cluster condition",
     "xray:PutTraceSegments": "takes no resource",
     "xray:PutTelemetryRecords": "takes no resource",
 }

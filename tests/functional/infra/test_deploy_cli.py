@@ -390,3 +390,17 @@ def test_without_credentials_the_operator_is_told(monkeypatch: pytest.MonkeyPatc
     status = run(args, out=out, err=err, packager=packager, sleep=lambda s: None)
     assert (status, out.getvalue()) == (1, "")  # nothing was packaged either
     assert err.getvalue().startswith("binderless deploy: no AWS credentials were found")
+
+
+def test_delete_data_deletes_the_sign_in_accounts(account: Account) -> None:
+    # moto's CloudFormation makes no user pool (SignIn=cognito): the executor's step for a
+    # kept one is tried on a pool made through moto's Cognito API.
+    from binderless.deploy.executor import RETAINED_KINDS, AwsExecutor
+
+    cognito = boto3.client("cognito-idp", region_name=REGION)
+    pool = cognito.create_user_pool(PoolName="demo-binderless")["UserPool"]["Id"]
+    executor = AwsExecutor(account, REGION, io.StringIO(), sleep=lambda seconds: None)
+    executor._delete_retained("AWS::Cognito::UserPool", pool)
+    executor._delete_retained("AWS::Cognito::UserPool", pool)  # gone already: fine
+    assert cognito.list_user_pools(MaxResults=10)["UserPools"] == []
+    assert RETAINED_KINDS["AWS::Cognito::UserPool"] == "the sign-in accounts"

@@ -18,7 +18,7 @@ from binderless.aws.dynamodb import TTL_ATTRIBUTE, table_definition
 from binderless.cli import build_parser
 from binderless.deploy.cli import run
 from binderless.settings import Settings
-from tests.functional.infra.conftest import DryRun
+from tests.functional.infra.conftest import GATEWAY_ONLY, DryRun
 
 ROOT = Path(__file__).resolve().parents[3]
 FUNCTIONS = ("APIHandler", "Reconcile", "TaskStopped", "BuildFinished")
@@ -84,9 +84,7 @@ def test_gateway_and_functions_get_the_same_settings(dry_run: DryRun) -> None:
     for name in FUNCTIONS:
         variables = dry_run.service["Resources"][name]["Properties"]["Environment"]["Variables"]
         shared = {k: v for k, v in variables.items() if k.startswith("BINDERLESS_")}
-        # The public URL names the distribution, which depends on the API: the functions
-        # cannot have it without a dependency cycle.
-        assert shared == {k: v for k, v in gateway.items() if k != "BINDERLESS_PUBLIC_URL"}
+        assert shared == {k: v for k, v in gateway.items() if k not in GATEWAY_ONLY}
     from binderless.aws.wiring import REQUIRED
     assert {"BINDERLESS_" + name.upper() for name in REQUIRED} <= set(gateway)
 

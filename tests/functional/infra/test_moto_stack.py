@@ -16,7 +16,7 @@ from moto.cloudformation.parsing import get_model_map
 from binderless.aws.dynamodb import table_definition
 from binderless.aws.wiring import aws_service
 from binderless.settings import Settings, load_settings
-from tests.functional.infra.conftest import DryRun
+from tests.functional.infra.conftest import GATEWAY_ONLY, DryRun
 from tests.functional.infra.moto_adapt import MOTO_IGNORED_TYPES, adapt, stand_in
 
 REGION = "us-east-1"
@@ -27,12 +27,13 @@ def parameters(**values: str) -> list[dict[str, str]]:
     return [{"ParameterKey": k, "ParameterValue": v} for k, v in values.items()]
 
 
-def create(dry_run: DryRun, name: str = "binderless", **extra: str) -> dict[str, Any]:
+def create(dry_run: DryRun, name: str = "binderless", provided: dict[str, str] | None = None,
+           **extra: str) -> dict[str, Any]:
     s3 = boto3.client("s3", region_name=REGION)
     s3.create_bucket(Bucket="artifacts")
     s3.upload_file(str(dry_run.out / "deployment.zip"), "artifacts", "lambda/code.zip")
     cf = boto3.client("cloudformation", region_name=REGION)
-    cf.create_stack(StackName=name, TemplateBody=json.dumps(adapt(dry_run.service)),
+    cf.create_stack(StackName=name, TemplateBody=json.dumps(adapt(dry_run.service, provided)),
                     Capabilities=["CAPABILITY_IAM"], Parameters=parameters(
                         ArtifactsBucket="artifacts", LambdaCodeKey="lambda/code.zip",
                         ImageTag="t1", OriginFacingPrefixListId="pl-3b927c52", **extra))
@@ -125,6 +126,8 @@ def test_the_stack_deploys_and_names_what_the_control_plane_uses(dry_run: DryRun
     # The operator's parameters reach the settings.
     assert (settings.session_cpu, settings.session_memory) == (1024, 4096)
     assert (settings.max_sessions, settings.max_sessions_per_repo) == (20, 10)
+    # Sign-in is off by default: anonymous, ephemeral sessions, no EFS for the gateway.
+    assert settings.sign_in_method == "off" and not settings.efs_file_system_id
 
     # The control plane starts on these settings (every required one is there).
     service = aws_service(load_settings(env, state_dir=tmp_path),
@@ -144,7 +147,7 @@ def test_the_functions_run_the_package_with_the_same_settings(dry_run: DryRun,
         variables = function["Environment"]["Variables"]
         # (moto keeps numbers as numbers here; Lambda's variables are strings)
         assert {k: str(v) for k, v in variables.items() if k.startswith("BINDERLESS_")} == {
-            k: v for k, v in env.items() if k != "BINDERLESS_PUBLIC_URL"}
+            k: v for k, v in env.items() if k not in GATEWAY_ONLY}
     events = boto3.client("events", region_name=REGION)
     rules = events.list_rules()["Rules"]
     assert len(rules) == 3
@@ -169,3 +172,63 @@ def test_an_existing_vpc_and_its_subnets_are_used_as_given(dry_run: DryRun, moto
     [group] = ec2.describe_security_groups(GroupIds=list(settings.security_groups))[
         "SecurityGroups"]
     assert group["VpcId"] == vpc
+
+
+def test_sign_in_names_the_user_pool_its_secrets_and_the_homes(dry_run: DryRun, moto: None,
+                                                               tmp_path: Path) -> None:
+    # moto's CloudFormation makes no secret and no Cognito pool: the secrets are made here,
+    # as CloudFormation would, and the pool and its client stay stand-ins.
+    secrets = boto3.client("secretsmanager", region_name=REGION)
+    cookie_key = secrets.create_secret(Name="cookie-key", SecretString="k" * 64)["ARN"]
+    client_secret = secrets.create_secret(Name="client-secret", SecretString="s3cr3t")["ARN"]
+    stack = create(dry_run, provided={"SignInCookieKey": cookie_key,
+                                      "SignInClientSecret": client_secret},
+                   SignIn="cognito", MaxProjectsPerUser="3")
+    assert stack["StackStatus"] == "CREATE_COMPLETE"
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+    env = gateway_environment()
+    assert env["BINDERLESS_SIGN_IN"] == "oidc"
+    pool = stand_in("SignInUserPool")
+    assert env["BINDERLESS_OIDC_ISSUER"] == f"https://cognito-idp.{REGION}.amazonaws.com/{pool}"
+    assert env["BINDERLESS_OIDC_CLIENT_ID"] == stand_in("SignInClient")
+    assert env["BINDERLESS_OIDC_CLIENT_SECRET"] == f"secretsmanager:{client_secret}"
+    assert env["BINDERLESS_AUTH_SECRET"] == f"secretsmanager:{cookie_key}"
+
+    # The homes: the stack's file system, seen by the gateway through its access point.
+    settings = load_settings(env, state_dir=tmp_path)
+    assert settings.efs_file_system_id == outputs["FileSystem"]
+    assert settings.max_projects_per_user == 3
+    efs = boto3.client("efs", region_name=REGION)
+    [point] = efs.describe_access_points(FileSystemId=settings.efs_file_system_id)["AccessPoints"]
+    assert point["PosixUser"] == {"Uid": 1000, "Gid": 1000}
+    assert point["RootDirectory"]["Path"] == settings.efs_home_root == "/homes"
+    [target, _] = efs.describe_mount_targets(FileSystemId=settings.efs_file_system_id)[
+        "MountTargets"]
+    [nfs] = efs.describe_mount_target_security_groups(
+        MountTargetId=target["MountTargetId"])["SecurityGroups"]
+    ec2 = boto3.client("ec2", region_name=REGION)
+    [group] = ec2.describe_security_groups(GroupIds=[nfs])["SecurityGroups"]
+    admitted = {p["GroupId"]: r["FromPort"] for r in group["IpPermissions"]
+                for p in r["UserIdGroupPairs"]}
+    assert set(admitted.values()) == {2049}
+    descriptions = {g["Description"].split(" - ")[0] for g in ec2.describe_security_groups(
+        GroupIds=list(admitted))["SecurityGroups"]}
+    assert descriptions == {"Session gateway tasks", "Session tasks"}
+    assert settings.security_groups[0] in admitted
+
+    # The gateway starts: it reads both secrets, and keeps projects where it mounts the
+    # homes (here a folder: moto's tasks mount nothing).
+    homes = tmp_path / "homes"
+    service_ = aws_service(load_settings(env, state_dir=tmp_path, workspaces_dir=str(homes)),
+                           lambda name: boto3.client(name, region_name=REGION))
+    assert service_.settings.auth_secret == "k" * 64
+    assert service_.settings.oidc_client_secret == "s3cr3t"
+    assert service_.workspaces is not None and service_.workspaces.root == homes
+    points = service_.spawner.access_points  # type: ignore[attr-defined]
+    mount = points.ensure("u" + "0" * 31)
+    assert mount.file_system_id == settings.efs_file_system_id
+
+    # The functions get none of it.
+    lambda_client = boto3.client("lambda", region_name=REGION)
+    for function in lambda_client.list_functions()["Functions"]:
+        assert not set(function["Environment"]["Variables"]) & GATEWAY_ONLY
