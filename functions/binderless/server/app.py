@@ -46,6 +46,8 @@ log = logging.getLogger("binderless.server")
 SITE_DIR = Path(__file__).resolve().parents[3] / "site"
 SERVICE_KEY = web.AppKey("service", LaunchService)
 CORS = {"Access-Control-Allow-Origin": "*"}
+#: How long the gateway (AWS mode) keeps a session's route before reading it again.
+ROUTE_TTL_SECONDS = 5.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -64,8 +66,11 @@ class BinderlessServer:
         self.settings = service.settings
         self.site_dir = site_dir.resolve()
         self.accounts = Accounts.from_service(service, self.site_dir)
+        # Routes are kept briefly where each lookup is a DynamoDB read (the AWS mode).
         self.proxy = SessionProxy(service.routes.lookup, service.record_activity,
-                                  identify=self.accounts.owner, tools=SessionTools(service))
+                                  identify=self.accounts.owner, tools=SessionTools(service),
+                                  route_ttl=ROUTE_TTL_SECONDS if self.settings.mode == "aws"
+                                  else 0.0)
         self._culler: asyncio.Task[None] | None = None
         self._launch_keys = RecentKeys()
 

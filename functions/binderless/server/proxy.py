@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from collections.abc import Callable
 
 import aiohttp
@@ -61,11 +62,46 @@ def _presented_token(request: web.Request, session_id: str) -> str:
     return request.cookies.get(cookie_name(session_id), "")
 
 
+class RouteCache:
+    """Routes found by ``lookup``, kept ``ttl`` seconds (0: not kept).
+
+    On AWS each lookup is a DynamoDB read and one JupyterLab page makes dozens of
+    requests, so the gateway keeps routes briefly; a session stopped in the meantime is
+    answered from the cache until its entry expires (its server no longer answers: 502),
+    or at once when a forward to it fails (``forget``). Unknown sessions are not kept.
+    Lookups run in a worker thread, off the event loop."""
+
+    def __init__(self, lookup: Callable[[str], Route], ttl: float = 0.0, *,
+                 clock: Callable[[], float] = time.monotonic, size: int = 10_000) -> None:
+        self.lookup = lookup
+        self.ttl = ttl
+        self.clock = clock
+        self.size = size
+        self._routes: dict[str, tuple[float, Route]] = {}
+
+    async def get(self, session_id: str) -> Route:
+        """The route of ``session_id``; raises ``SessionNotFound``."""
+        kept = self._routes.get(session_id)
+        if kept is not None and self.clock() - kept[0] < self.ttl:
+            return kept[1]
+        route = await asyncio.to_thread(self.lookup, session_id)
+        if self.ttl > 0:
+            if len(self._routes) >= self.size:
+                self._routes.clear()
+            self._routes[session_id] = (self.clock(), route)
+        return route
+
+    def forget(self, session_id: str) -> None:
+        self._routes.pop(session_id, None)
+
+
 class SessionProxy:
     def __init__(self, lookup: Callable[[str], Route], on_activity: Callable[[str], None], *,
                  identify: Callable[[web.Request], str] | None = None,
-                 tools: SessionTools | None = None) -> None:
-        """``identify(request)`` is the signed-in user id of the request ("" if none)."""
+                 tools: SessionTools | None = None, route_ttl: float = 0.0) -> None:
+        """``identify(request)`` is the signed-in user id of the request ("" if none);
+        routes are kept ``route_ttl`` seconds (see ``RouteCache``)."""
+        self.routes = RouteCache(lookup, route_ttl)
         self.lookup = lookup
         self.on_activity = on_activity
         self.identify = identify
@@ -88,7 +124,7 @@ class SessionProxy:
         return self._client
 
     async def handle(self, request: web.Request, session_id: str) -> web.StreamResponse:
-        route = self.lookup(session_id)  # raises SessionNotFound
+        route = await self.routes.get(session_id)  # raises SessionNotFound
         if route.owner and (self.identify is None or self.identify(request) != route.owner):
             return web.json_response(
                 {"message": "This session belongs to someone else. If it is yours, sign in "
@@ -141,6 +177,7 @@ class SessionProxy:
             )
         except aiohttp.ClientError as exc:
             log.info("session upstream failed: %s", exc)
+            self.routes.forget(session_id)
             return web.json_response(
                 {"message": "The session's server is not answering. It may have stopped; "
                             "launch the repository again."}, status=502)
@@ -197,6 +234,7 @@ class SessionProxy:
             return web.json_response({"message": f"The session refused the connection ({exc.status})."},
                                      status=exc.status)
         except aiohttp.ClientError:
+            self.routes.forget(session_id)
             return web.json_response(
                 {"message": "The session's server is not answering. Launch the repository again."},
                 status=502)
