@@ -310,7 +310,8 @@ class LaunchService:
         for note in repo.notes:
             self.emit(launch_id, Phase.WAITING, note)
         if not request.build_only:
-            self._check_quota(repo, quota_for(self.settings, request.provider, request.spec))
+            await asyncio.to_thread(self._check_quota, repo,
+                                    quota_for(self.settings, request.provider, request.spec))
             if request.owner and self.workspaces is not None:
                 self.workspaces.check_room(request.owner, repo.repo_url)
 
@@ -430,9 +431,10 @@ class LaunchService:
         if launch_id in self._began:
             self._began[launch_id] = (self._began[launch_id][0], True)
         await asyncio.to_thread(self.store.flush, launch_id)
-        claim = self.store.claim_build(plan.key, self.instance_id,
-                                      f"build-{plan.key}-{uuid.uuid4().hex[:8]}", self.clock(),
-                                      stale_after=self.settings.build_timeout_seconds + 300)
+        claim = await asyncio.to_thread(
+            self.store.claim_build, plan.key, self.instance_id,
+            f"build-{plan.key}-{uuid.uuid4().hex[:8]}", self.clock(),
+            stale_after=self.settings.build_timeout_seconds + 300)
         task: asyncio.Task[ImageRef] | None = None
         if claim.claimed:
             image = await self.builder.find(plan)  # finished elsewhere just before the claim?
