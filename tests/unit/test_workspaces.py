@@ -110,7 +110,7 @@ def test_deleting_removes_one_project_and_nothing_else(spaces: Workspaces,
 def test_names_are_safe_and_distinct(spaces: Workspaces, tmp_path: Path) -> None:
     assert project_name_for("https://github.com/org/repo.git") == "repo"
     assert project_name_for("https://gitlab.com/group/sub/..%2F..%2Fetc") == "etc"
-    assert project_name_for("file:///tmp/x/My%20Notebooks") == "My-Notebooks"
+    assert project_name_for("file:///srv/x/My%20Notebooks") == "My-Notebooks"
     assert project_name_for("https://doi.org/10.5281/zenodo.123") == "zenodo.123"
     assert project_name_for("https://example.org/") == "example.org"
     assert project_name_for("https://example.org/...") == "project"

@@ -27,6 +27,7 @@ from urllib.parse import quote, unquote
 import httpx
 
 from ..errors import BadLink, ProviderUnavailable, RefNotFound
+from .base import ResolvedRepo, slugify
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -379,6 +380,24 @@ class ArchiveBase:
         self._http = ArchiveHttp(client, self.archive, clock)
         self._doi = ArchiveHttp(client, "doi.org", clock)
         self.max_bytes = max_bytes
+
+    def record(self, spec: str, *, page: str, api_url: str, version_id: str,
+               persistent_spec: str, slug_key: str, ref_url: str = "") -> ResolvedRepo:
+        """The resolved form of ``spec``: a record ``page`` (its ``ref_url`` too unless
+        given), the ``api_url`` its files are read from, the pinned ``version_id`` and the
+        ``persistent_spec`` that launches exactly that version again."""
+        return ResolvedRepo(
+            provider=self.prefix,
+            spec=spec,
+            repo_url=page,
+            clone_url=api_url,
+            ref="",
+            resolved_ref=version_id,
+            persistent_spec=persistent_spec,
+            ref_url=ref_url or page,
+            slug=slugify(f"{self.prefix}-{slug_key}"),
+            kind="archive",
+        )
 
     def display_config(self) -> dict[str, Any]:
         return {

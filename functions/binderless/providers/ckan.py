@@ -23,7 +23,7 @@ from ._archive import (
     download_record,
     iso_epoch,
 )
-from .base import ResolvedRepo, not_found, slugify
+from .base import ResolvedRepo, not_found
 
 __all__ = ["CkanProvider", "DatasetUrl"]
 
@@ -117,18 +117,9 @@ class CkanProvider(ArchiveBase):
         ref_url = target.page + (f"?activity_id={pinned.activity}" if pinned.activity else "")
         if pinned is not target:
             persistent = quote(ref_url, safe="")
-        return ResolvedRepo(
-            provider=self.prefix,
-            spec=spec,
-            repo_url=target.page,
-            clone_url=pinned.show_url,
-            ref="",
-            resolved_ref=f"{target.dataset}.v{epoch}",
-            persistent_spec=persistent,
-            ref_url=ref_url,
-            slug=slugify(f"ckan-{target.dataset}"),
-            kind="archive",
-        )
+        return self.record(spec, page=target.page, api_url=pinned.show_url,
+                           version_id=f"{target.dataset}.v{epoch}", persistent_spec=persistent,
+                           slug_key=target.dataset, ref_url=ref_url)
 
     def resolve_target(self, doi: str, url: str) -> ResolvedRepo:
         return self.resolve(quote(url, safe=""))

@@ -22,7 +22,7 @@ from ._archive import (
     download_record,
     parse_doi,
 )
-from .base import ResolvedRepo, not_found, slugify
+from .base import ResolvedRepo, not_found
 
 __all__ = ["INSTALLATIONS", "DataverseProvider"]
 
@@ -100,18 +100,11 @@ class DataverseProvider(ArchiveBase):
         except (KeyError, TypeError, ValueError) as exc:
             raise self._http.unreadable() from exc
         page = f"{base}/dataset.xhtml?persistentId={protocol}:{authority}/{identifier}"
-        return ResolvedRepo(
-            provider=self.prefix,
-            spec=spec,
-            repo_url=page,
-            clone_url=f"{base}/api/datasets/{dataset_id}/versions/{version}",
-            ref="",
-            resolved_ref=f"{dataset_id}.v{version}",
-            persistent_spec=f"{authority}/{identifier}",
-            ref_url=f"{page}&version={version}",
-            slug=slugify(f"dataverse-{identifier}"),
-            kind="archive",
-        )
+        return self.record(spec, page=page,
+                           api_url=f"{base}/api/datasets/{dataset_id}/versions/{version}",
+                           version_id=f"{dataset_id}.v{version}",
+                           persistent_spec=f"{authority}/{identifier}", slug_key=identifier,
+                           ref_url=f"{page}&version={version}")
 
     @staticmethod
     def _dataset_api(base: str, pid: str) -> str:

@@ -19,7 +19,7 @@ from ._archive import (
     download_record,
     parse_doi,
 )
-from .base import ResolvedRepo, not_found, slugify
+from .base import ResolvedRepo, not_found
 
 __all__ = ["FigshareProvider"]
 
@@ -86,18 +86,8 @@ class FigshareProvider(ArchiveBase):
                                             f"{article_doi}, not {doi_base}.")
         persistent = f"{doi_base or base}.v{version}" if (doi_base or base) else spec
         page = page or f"https://doi.org/{persistent}"
-        return ResolvedRepo(
-            provider=self.prefix,
-            spec=spec,
-            repo_url=page,
-            clone_url=url,
-            ref="",
-            resolved_ref=f"{article}.v{version}",
-            persistent_spec=persistent,
-            ref_url=page,
-            slug=slugify(f"figshare-{article}"),
-            kind="archive",
-        )
+        return self.record(spec, page=page, api_url=url, version_id=f"{article}.v{version}",
+                           persistent_spec=persistent, slug_key=str(article))
 
     def _latest(self, article: str, missing: str) -> str:
         versions = self._http.json(f"{API}/articles/{article}/versions", missing=missing)

@@ -22,7 +22,7 @@ from ._archive import (
     download_record,
     iso_epoch,
 )
-from .base import ResolvedRepo, not_found, slugify
+from .base import ResolvedRepo, not_found
 
 __all__ = ["HydroshareProvider"]
 
@@ -80,18 +80,9 @@ class HydroshareProvider(ArchiveBase):
         except (KeyError, TypeError, ValueError, StopIteration) as exc:
             raise self._http.unreadable() from exc
         page = f"{SITE}/resource/{resource}"
-        return ResolvedRepo(
-            provider=self.prefix,
-            spec=spec,
-            repo_url=page,
-            clone_url=f"{SITE}/hsapi/resource/{resource}/files/",
-            ref="",
-            resolved_ref=f"{resource}.v{epoch}",
-            persistent_spec=resource,
-            ref_url=page,
-            slug=slugify(f"hydroshare-{resource}"),
-            kind="archive",
-        )
+        return self.record(spec, page=page, api_url=f"{SITE}/hsapi/resource/{resource}/files/",
+                           version_id=f"{resource}.v{epoch}", persistent_spec=resource,
+                           slug_key=resource)
 
     def fetch(self, repo: ResolvedRepo, dest: Path, log: Callable[[str], None]) -> None:
         missing = not_found(self.prefix, repo.spec)

@@ -20,7 +20,7 @@ from ._archive import (
     download_record,
     parse_doi,
 )
-from .base import ResolvedRepo, not_found, slugify
+from .base import ResolvedRepo, not_found
 
 __all__ = ["ZenodoProvider"]
 
@@ -81,18 +81,8 @@ class ZenodoProvider(ArchiveBase):
             raise self._http.unreadable() from exc
         if not resolved.isdigit():
             raise self._http.unreadable()
-        return ResolvedRepo(
-            provider=self.prefix,
-            spec=spec,
-            repo_url=page,
-            clone_url=f"{site}/api/records/{resolved}",
-            ref="",
-            resolved_ref=resolved,
-            persistent_spec=version_doi,
-            ref_url=page,
-            slug=slugify(f"zenodo-{resolved}"),
-            kind="archive",
-        )
+        return self.record(spec, page=page, api_url=f"{site}/api/records/{resolved}",
+                           version_id=resolved, persistent_spec=version_doi, slug_key=resolved)
 
     def fetch(self, repo: ResolvedRepo, dest: Path, log: Callable[[str], None]) -> None:
         missing = not_found(self.prefix, repo.spec)
