@@ -305,25 +305,22 @@ def public_host() -> str:
 def launch_status(launch_id: str) -> Response:
     from binderless.launches import status_document
 
-    launch = state().get_launch(launch_id)
-    if launch is None:
-        return Response(body={"message": f"There is no launch {launch_id}.", "status_code": 404},
-                        status_code=404, headers=CORS)
-    return Response(body=status_document(launch), status_code=200, headers=CORS)
+    try:
+        return Response(body=status_document(state(), launch_id), status_code=200,
+                        headers=CORS)
+    except BinderlessError as exc:
+        return error_response(exc)
 
 
 @app.route("/api/launches/{launch_id}/events", cors=True)
 @traced
 def launch_events(launch_id: str) -> Response:
     """The launch's events after ``?after=N`` (the same events the /build stream sends)."""
+    from binderless.launches import events_document
+
     params = app.current_request.query_params or {}
-    after = params.get("after", "0")
-    if not after.isdigit():
-        return Response(body={"message": "after must be a whole number.", "status_code": 400},
-                        status_code=400, headers=CORS)
-    if state().get_launch(launch_id) is None:
-        return Response(body={"message": f"There is no launch {launch_id}.", "status_code": 404},
-                        status_code=404, headers=CORS)
-    events = [{"id": f"{launch_id}:{seq}", **event.to_json()}
-              for seq, event in state().read(launch_id, int(after))]
-    return Response(body={"events": events}, status_code=200, headers=CORS)
+    try:
+        document = events_document(state(), state(), launch_id, params.get("after", "0"))
+    except BinderlessError as exc:
+        return error_response(exc)
+    return Response(body=document, status_code=200, headers=CORS)

@@ -21,12 +21,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .errors import BadLink
+from .backends.protocols import EventLog, Store
+from .errors import BadLink, LaunchNotFound
 from .links import parse_link
 from .providers import ProviderRegistry
 from .service import LaunchRequest
 
-__all__ = ["RecentKeys", "launch_document", "launch_request"]
+__all__ = ["RecentKeys", "events_document", "launch_document", "launch_request",
+           "status_document"]
 
 #: The longest idempotency key accepted (Powertools hashes it; this bounds the body).
 MAX_KEY_LENGTH = 255
@@ -102,7 +104,24 @@ class RecentKeys:
             self._answers.popitem(last=False)
 
 
-def status_document(launch: Mapping[str, Any]) -> dict[str, Any]:
-    """A launch record as ``GET /api/launches/<id>`` shows it (no driver internals)."""
+def status_document(store: Store, launch_id: str) -> dict[str, Any]:
+    """A launch record as ``GET /api/launches/<id>`` shows it (no driver internals).
+    Raises ``LaunchNotFound``."""
+    launch = store.get_launch(launch_id)
+    if launch is None:
+        raise LaunchNotFound(f"There is no launch {launch_id}.")
     hidden = {"request", "driver", "lease_until"}
     return {k: v for k, v in launch.items() if k not in hidden}
+
+
+def events_document(store: Store, events: EventLog, launch_id: str,
+                    after: str) -> dict[str, Any]:
+    """``GET /api/launches/<id>/events?after=N``: the launch's events after ``N``, each
+    with the id the ``/build`` stream gives it. Raises ``BadLink`` for an ``after`` that is
+    not a whole number and ``LaunchNotFound``."""
+    if not after.isdigit():
+        raise BadLink("after must be a whole number.")
+    if store.get_launch(launch_id) is None:
+        raise LaunchNotFound(f"There is no launch {launch_id}.")
+    return {"events": [{"id": f"{launch_id}:{seq}", **event.to_json()}
+                       for seq, event in events.read(launch_id, int(after))]}

@@ -28,6 +28,7 @@ from ..estimate import launch_estimate
 from ..events import KEEPALIVE, event_from_error, sse_frame
 from ..launches import (
     RecentKeys,
+    events_document,
     idempotency_key,
     launch_document,
     launch_request,
@@ -219,19 +220,12 @@ class BinderlessServer:
     def launch_record(self, request: web.Request, launch_id: str, action: str) -> web.Response:
         """``GET /api/launches/<id>`` (its record) and ``.../events?after=N`` (its events),
         as the AWS mode's REST API answers them."""
-        launch = self.service.store.get_launch(launch_id)
-        if launch is None:
-            return web.json_response({"message": f"There is no launch {launch_id}.",
-                                      "status_code": 404}, status=404, headers=CORS)
         if not action:
-            return web.json_response(status_document(launch), headers=CORS)
-        after = request.query.get("after", "0")
-        if not after.isdigit():
-            return web.json_response({"message": "after must be a whole number.",
-                                      "status_code": 400}, status=400, headers=CORS)
-        events = [{"id": f"{launch_id}:{seq}", **event.to_json()}
-                  for seq, event in self.service.events.read(launch_id, int(after))]
-        return web.json_response({"events": events}, headers=CORS)
+            document = status_document(self.service.store, launch_id)
+        else:
+            document = events_document(self.service.store, self.service.events, launch_id,
+                                       request.query.get("after", "0"))
+        return web.json_response(document, headers=CORS)
 
     # ----- the event stream ------------------------------------------------------------
 
