@@ -81,9 +81,9 @@ def record_launch(store: Store, request: LaunchRequest, *, now: float, driver: s
                   lease_until: float | None = None) -> str:
     """Store a new launch with what another process needs to drive it; returns its id."""
     launch_id = uuid.uuid4().hex
-    store.create_launch(launch_id, request.provider, request.spec, now)
-    store.update_launch(launch_id, request=json.dumps(dataclasses.asdict(request)),
-                        driver=driver, lease_until=lease_until)
+    store.create_launch(launch_id, request.provider, request.spec, now,
+                        request=json.dumps(dataclasses.asdict(request)), driver=driver,
+                        lease_until=lease_until)
     return launch_id
 
 

@@ -479,7 +479,11 @@ class DynamoState:
 
     # ----- Store: launches -------------------------------------------------------------
 
-    def create_launch(self, launch_id: str, provider: str, spec: str, now: float) -> None:
+    def create_launch(self, launch_id: str, provider: str, spec: str, now: float,
+                      **fields: Any) -> None:
+        unknown = set(fields) - set(_LAUNCH_FIELDS)
+        if unknown:
+            raise ValueError(f"Launches have no field {', '.join(sorted(unknown))}.")
         item: Item = {
             "pk": {"S": f"LAUNCH#{launch_id}"},
             "sk": {"S": "LAUNCH"},
@@ -490,6 +494,7 @@ class DynamoState:
             if default is not None:
                 item[name] = _value(default)
         item.update(provider=_value(provider), spec=_value(spec), created_at=_value(now))
+        item.update({name: _value(value) for name, value in fields.items() if value is not None})
         pending = _Pending(item)
         pending.change(_launch_keys(item, self._expiry()))
         if self.write_behind:

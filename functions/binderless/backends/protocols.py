@@ -130,7 +130,10 @@ class Store(Protocol):
     others may take it over unless the driver renews the lease).
     """
 
-    def create_launch(self, launch_id: str, provider: str, spec: str, now: float) -> None: ...
+    def create_launch(self, launch_id: str, provider: str, spec: str, now: float,
+                      **fields: Any) -> None:
+        """Store a new launch; ``fields`` (as ``update_launch`` takes them) in the same write."""
+        ...
 
     def update_launch(self, launch_id: str, **fields: Any) -> None: ...
 

@@ -120,11 +120,14 @@ class SqliteStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def create_launch(self, launch_id: str, provider: str, spec: str, now: float) -> None:
+    def create_launch(self, launch_id: str, provider: str, spec: str, now: float,
+                      **fields: Any) -> None:
+        values = {"launch_id": launch_id, "provider": provider, "spec": spec, "created_at": now,
+                  **fields}
         with self.db.transaction() as cur:
             cur.execute(
-                "INSERT INTO launches (launch_id, provider, spec, created_at) VALUES (?,?,?,?)",
-                (launch_id, provider, spec, now),
+                f"INSERT INTO launches ({', '.join(values)}) "
+                f"VALUES ({', '.join('?' for _ in values)})", tuple(values.values()),
             )
 
     def update_launch(self, launch_id: str, **fields: Any) -> None:
