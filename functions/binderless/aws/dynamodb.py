@@ -523,7 +523,7 @@ class DynamoState:
                 launch.change({"version": _int(launch.item, "version") + 1})
                 launch.change(_launch_keys(launch.item, self._expiry()))
                 held.touch()
-                self._flush_if_due(launch_id, held)
+                self._flush_if_due(launch_id)
                 return
         update = _Update()
         for name, value in fields.items():
@@ -751,7 +751,7 @@ class DynamoState:
                     self.flush(stream)
                     self._release(stream)
                 else:
-                    self._flush_if_due(stream, held)
+                    self._flush_if_due(stream)
         if held is not None:
             self._wake(stream)
             return seq
@@ -807,11 +807,11 @@ class DynamoState:
                 return False
             pending.change(changes)
             held.touch()
-            self._flush_if_due(launch_id, held)
+            self._flush_if_due(launch_id)
             return True
 
-    def _flush_if_due(self, launch_id: str, held: _Held) -> None:
-        if held.since is not None and time.monotonic() - held.since >= self.flush_after:
+    def _flush_if_due(self, launch_id: str) -> None:
+        if self._flush_due(launch_id):
             self.flush(launch_id)
 
     def flush(self, launch_id: str) -> None:
@@ -985,7 +985,7 @@ class DynamoState:
             local = items is not None
             if items is None:
                 items = await asyncio.to_thread(self.read, stream, after)
-            else:
+            elif self._flush_due(stream):
                 await asyncio.to_thread(self.flush_if_due, stream)
             for seq, event in items:
                 after = seq
@@ -1007,12 +1007,16 @@ class DynamoState:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(waiter.wait(), timeout=wait)
 
+    def _flush_due(self, launch_id: str) -> bool:
+        with self._hold_lock:
+            held = self._held.get(launch_id)
+            return held is not None and held.since is not None and (
+                time.monotonic() - held.since >= self.flush_after)
+
     def flush_if_due(self, launch_id: str) -> None:
         """Send the held writes of ``launch_id`` if the oldest is ``flush_after`` old."""
         with self._hold_lock:
-            held = self._held.get(launch_id)
-            if held is not None:
-                self._flush_if_due(launch_id, held)
+            self._flush_if_due(launch_id)
 
     # ----- BuildClaims -----------------------------------------------------------------
 

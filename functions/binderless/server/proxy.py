@@ -102,7 +102,6 @@ class SessionProxy:
         """``identify(request)`` is the signed-in user id of the request ("" if none);
         routes are kept ``route_ttl`` seconds (see ``RouteCache``)."""
         self.routes = RouteCache(lookup, route_ttl)
-        self.lookup = lookup
         self.on_activity = on_activity
         self.identify = identify
         self.tools = tools
