@@ -7,11 +7,12 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
 from .links import final_urlpath
+from .redirects import session_url
 
 __all__ = ["LaunchOutcome", "follow_build", "parse_target", "run_launch"]
 
@@ -103,7 +104,6 @@ def run_launch(target: str, *, server: str, build_only: bool = False, out: TextI
     if build_only or "url" not in final:
         out.write(f"{final.get('imageName', final.get('image', ''))}\n")
         return LaunchOutcome(True, final)
-    open_url = final["url"] + urlpath
-    open_url += ("&" if "?" in open_url else "?") + urlencode({"token": final["token"]})
+    open_url = session_url(str(final["url"]), urlpath, str(final.get("token", "")))
     out.write(open_url + "\n")
     return LaunchOutcome(True, final, open_url)

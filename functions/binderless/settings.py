@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["ENV_PREFIX", "Settings", "load_settings"]
+__all__ = ["ENV_PREFIX", "LOOPBACK_HOSTS", "Settings", "load_settings"]
 
 ENV_PREFIX = "BINDERLESS_"
+#: Listen addresses that only this machine reaches.
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,10 @@ class Settings:
     launch_lease_seconds: float = 60.0
     max_sessions: int = 20
     max_sessions_per_repo: int = 10
+    #: Builds and server starts this process runs at once; later launches wait in a queue
+    #: and are told their place in it.
+    max_concurrent_builds: int = 2
+    max_concurrent_starts: int = 4
     keep_sessions_on_exit: bool = False
     # Event stream
     keepalive_seconds: float = 20.0
@@ -67,7 +73,36 @@ class Settings:
     allow_git_protocol: bool = False
     allow_secret_gists: bool = False
 
+    #: Local folders and file:// URLs; never on a server others can reach (``exposed``).
     allow_local_paths: bool = True
+    # Who may talk to this server (docs/security.md)
+    #: Host headers answered besides the listen address, its loopback names and the public
+    #: URL's host ("*": any; the only defence against DNS rebinding is this list).
+    allowed_hosts: tuple[str, ...] = ()
+    #: Origins whose pages may use ``/build`` and sessions (thebe, live code cells): empty
+    #: means the default (every origin where sessions are isolated from the server's user:
+    #: AWS, docker, per-session uids; none on a single-user local server), "*" any origin.
+    allow_origins: tuple[str, ...] = ()
+    #: How local sessions are kept apart: "auto" (their own uids when more than one person
+    #: can use the server), "uids" (always), "off" (as the server's user; refused on a
+    #: shared server unless the docker spawner runs them).
+    session_isolation: Literal["auto", "uids", "off"] = "auto"
+    #: The uids sessions run as, when isolated ("first-last", inclusive).
+    session_uid_range: str = "61000-64999"
+    # Connections and bodies
+    #: Request bodies binderless reads itself (API calls, forms).
+    max_body_bytes: int = 64 * 1024
+    #: Request bodies passed to a session (uploads, notebook saves).
+    max_upload_bytes: int = 512 * 1024 * 1024
+    #: Open client connections at once; 0: derived from the open-files limit.
+    max_connections: int = 0
+    #: An idle keep-alive connection is closed after this long; a request whose headers
+    #: have not all arrived by then, too.
+    idle_connection_seconds: float = 75.0
+    header_timeout_seconds: float = 15.0
+    #: WebSocket pings to both ends of a proxied connection (CloudFront closes one with no
+    #: bytes for 10 minutes).
+    websocket_ping_seconds: float = 30.0
     # AWS mode: the resources the templates in infra/ create (names and ids)
     aws_table: str = "binderless"
     aws_bucket: str = ""
@@ -106,15 +141,54 @@ class Settings:
     efs_home_root: str = "/homes"
 
     @property
+    def exposed(self) -> bool:
+        """Whether people other than this machine's user can reach the server: the AWS
+        mode, a listen address beyond loopback, or a public URL (a reverse proxy)."""
+        return self.mode == "aws" or bool(self.public_url) or self.host not in LOOPBACK_HOSTS
+
+    @property
+    def shared(self) -> bool:
+        """Whether more than one person can use the server: exposed, or signing in with
+        OpenID Connect (several accounts)."""
+        return self.exposed or self.sign_in_method == "oidc"
+
+    @property
     def allow_local_repos(self) -> bool:
-        """``file://`` URLs and local directories: local mode only, and only when allowed."""
-        return self.mode == "local" and self.allow_local_paths
+        """``file://`` URLs and local directories: a local server only this machine reaches,
+        and only when allowed."""
+        return self.mode == "local" and self.allow_local_paths and not self.exposed
 
     @property
     def enforce_url_guard(self) -> bool:
         """Refuse fetches from local, private and metadata addresses: always on AWS, and on a
         local server that others can reach (one that also refuses local paths)."""
-        return self.mode == "aws" or not self.allow_local_paths
+        return not self.allow_local_repos
+
+    @property
+    def uid_sessions(self) -> bool:
+        """Whether local sessions run under uids of their own (``session_uid_range``)."""
+        if self.mode != "local" or self.spawner == "docker":
+            return False
+        if self.session_isolation == "auto":
+            return self.shared
+        return self.session_isolation == "uids"
+
+    @property
+    def sessions_isolated(self) -> bool:
+        """Whether a session's code runs apart from the server's user and secrets."""
+        return self.mode == "aws" or self.spawner == "docker" or self.uid_sessions
+
+    @property
+    def cross_origin(self) -> tuple[str, ...]:
+        """The origins (besides this server's) whose pages may launch and use sessions."""
+        if self.allow_origins:
+            return self.allow_origins
+        return ("*",) if self.sessions_isolated else ()
+
+    @property
+    def uid_range(self) -> tuple[int, int]:
+        first, _, last = self.session_uid_range.partition("-")
+        return int(first), int(last or first)
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a readable message for a contradictory setting."""
@@ -138,9 +212,30 @@ class Settings:
                 except re.error as exc:
                     raise ValueError(f"{name}: {pattern!r} is not a valid pattern ({exc})") from exc
         for name in ("port", "max_sessions", "max_sessions_per_repo", "max_projects_per_user",
-                     "download_max_bytes", "launch_lease_seconds"):
+                     "download_max_bytes", "launch_lease_seconds", "max_concurrent_builds",
+                     "max_concurrent_starts", "max_body_bytes", "max_upload_bytes",
+                     "idle_connection_seconds", "header_timeout_seconds",
+                     "websocket_ping_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be a positive number")
+        if self.max_connections < 0:
+            raise ValueError("max_connections must be 0 (automatic) or a positive number")
+        if self.session_isolation not in ("auto", "uids", "off"):
+            raise ValueError("session_isolation must be one of auto, uids, off")
+        try:
+            first, last = self.uid_range
+        except ValueError:
+            first = last = -1
+        if not 1000 <= first <= last:
+            raise ValueError(f"session_uid_range must be 'first-last' with 1000 <= first <= "
+                             f"last, not {self.session_uid_range!r}")
+        for origin in self.allow_origins:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"allow_origins: {origin!r} is not an origin (scheme://host"
+                                 "[:port], no path), nor *")
+        if self.public_url and not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?",
+                                                self.public_url):
+            raise ValueError(f"public_url must be an http(s) URL, not {self.public_url!r}")
         self._validate_sign_in()
 
     def _validate_sign_in(self) -> None:
@@ -149,6 +244,10 @@ class Settings:
             raise ValueError("sign_in oidc needs oidc_issuer and oidc_client_id")
         if method == "local" and self.mode != "local":
             raise ValueError("sign_in local (one local user) is for the local mode only")
+        if method == "local" and self.exposed:
+            raise ValueError("sign_in local signs every visitor in as this machine's user: it "
+                             "is only for a server on 127.0.0.1 with no public URL. Use "
+                             "sign_in oidc (or off) on a server others can reach")
         if method != "off" and self.mode == "aws" and not self.auth_secret:
             raise ValueError("signing in on AWS needs auth_secret (the same in every gateway "
                              "copy; it may be an ssm: or secretsmanager: reference)")
@@ -169,7 +268,7 @@ class Settings:
             return self.sign_in
         if self.oidc_issuer:
             return "oidc"
-        if self.mode == "local" and self.host in ("127.0.0.1", "localhost", "::1"):
+        if self.mode == "local" and not self.exposed:
             return "local"
         return "off"
 

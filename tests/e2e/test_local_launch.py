@@ -36,7 +36,8 @@ def test_build_stream_follows_the_binderhub_protocol(live_server: LiveServer,
     assert stream.status == 200
     assert stream.headers["content-type"].startswith("text/event-stream")
     assert stream.headers["cache-control"] == "no-cache"
-    assert stream.headers["access-control-allow-origin"] == "*"
+    # Asked by no page (no Origin): nothing to allow. Other sites: tests/functional/test_origins.py
+    assert "access-control-allow-origin" not in stream.headers
     phases = [p for i, p in enumerate(stream.phases) if i == 0 or p != stream.phases[i - 1]]
     assert phases == ["waiting", "fetching", "building", "built", "launching", "ready"], stream.text()
     built = next(e for e in stream.events if e["phase"] == "built")
@@ -340,11 +341,24 @@ def test_each_supported_environment_kind_launches(live_server: LiveServer, fixtu
     assert run_code(stream.final["url"], stream.final["token"], code).strip() == expected
 
 
-def test_cors_preflight_reaches_the_notebook_server(live_server: LiveServer,
+def test_cors_preflight_reaches_the_notebook_server(tmp_path: Path,
                                                    fixture_repo: MakeRepo) -> None:
-    """thebe calls the session from the publisher's origin: the browser's preflight carries
-    no token and must still get CORS headers from the notebook server."""
-    ready = read_stream(build_url(live_server, file_spec(fixture_repo("python-requirements")))).final
+    """thebe calls the session from the publisher's origin (one the operator allowed): the
+    browser's preflight carries no token and must still get CORS headers from the notebook
+    server. Pages of origins not allowed reach no session."""
+    server = start_server(tmp_path / "state", "--allow-origin", "https://publisher.example")
+    try:
+        ready = read_stream(build_url(server, file_spec(fixture_repo("python-requirements")))).final
+        _check_publisher_session(ready)
+    finally:
+        stop_server(server)
+
+
+def _check_publisher_session(ready: dict[str, object]) -> None:
+    refused = httpx.get(f"{ready['url']}api/kernels?token={ready['token']}",
+                        headers={"Origin": "https://other.example"})
+    assert refused.status_code == 403
+    assert "access-control-allow-origin" not in refused.headers
     answer = httpx.options(ready["url"] + "api/kernels", headers={
         "Origin": "https://publisher.example", "Access-Control-Request-Method": "POST",
         "Access-Control-Request-Headers": "authorization,content-type"})

@@ -7,8 +7,11 @@
   cross-origin;
 - the three badge addresses serve an image other pages can show.
 
-The publisher's origin is a second HTTP server on another 127.0.0.1 port. Every request to
-a host other than this machine is refused and fails the test (thebe must not need a CDN).
+The publisher's origin is a second HTTP server on another 127.0.0.1 port, which binderless
+is started to allow (``--allow-origin``); it also serves the book's repository over git's
+HTTP protocol, since pages of other sites may launch only repositories that are not local
+paths. Every request to a host other than this machine is refused and fails the test (thebe
+must not need a CDN).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import functools
 import http.server
 import json
 import re
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,8 +89,10 @@ class Publisher:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    live = start_server(tmp_path_factory.mktemp("publishers") / "state")
+def server(tmp_path_factory: pytest.TempPathFactory,
+           publisher: Publisher) -> Iterator[LiveServer]:
+    live = start_server(tmp_path_factory.mktemp("publishers") / "state",
+                        "--allow-origin", publisher.base)
     try:
         yield live
     finally:
@@ -110,6 +116,16 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
                          tmp_path_factory.mktemp("publisher-repos") / "book")
 
 
+@pytest.fixture(scope="module")
+def remote_repo(publisher: Publisher, repo: Path) -> str:
+    """``repo``, cloned bare into the publisher's site and served over git's (dumb) HTTP
+    protocol: a repository on another host, as far as binderless can tell."""
+    bare = publisher.root / "book.git"
+    subprocess.run(["git", "clone", "--quiet", "--bare", str(repo), str(bare)], check=True)
+    subprocess.run(["git", "update-server-info"], cwd=bare, check=True)
+    return f"{publisher.base}/book.git"
+
+
 @pytest.fixture
 def context(browser: Browser) -> Iterator[tuple[BrowserContext, list[str]]]:
     opened = new_context(browser, DESKTOP)
@@ -120,11 +136,11 @@ def context(browser: Browser) -> Iterator[tuple[BrowserContext, list[str]]]:
         opened.close()
 
 
-def home_page_thebe_block(page: Page, server: LiveServer, repo: Path) -> str:
+def home_page_thebe_block(page: Page, server: LiveServer, repo_url: str) -> str:
     """The thebe configuration the home page writes for this repository at ``main``."""
     page.goto(server.url("/"))
     page.locator("#provider").select_option("git")
-    page.locator("#repo").fill(f"file://{repo}")
+    page.locator("#repo").fill(repo_url)
     page.locator("#ref").fill("main")
     return page.locator("#snippet-thebe").inner_text()
 
@@ -151,13 +167,13 @@ print("answer", 6 * 7, six.__name__)</pre>
 
 def test_thebe_runs_a_cell_through_binderless_from_another_origin(
         context: tuple[BrowserContext, list[str]], server: LiveServer, publisher: Publisher,
-        repo: Path) -> None:
+        remote_repo: str) -> None:
     browser_context, refused = context
     page = browser_context.new_page()
     errors = page_errors(page)
-    config = home_page_thebe_block(page, server, repo)
+    config = home_page_thebe_block(page, server, remote_repo)
     assert json.loads(config.split("\n", 1)[1].rsplit("\n", 1)[0])["binderOptions"] == {
-        "binderUrl": server.base, "repoProvider": "git", "repo": f"file://{repo}", "ref": "main"}
+        "binderUrl": server.base, "repoProvider": "git", "repo": remote_repo, "ref": "main"}
 
     sessions: list[dict[str, object]] = []
     builds: list[str] = []
@@ -184,7 +200,7 @@ def test_thebe_runs_a_cell_through_binderless_from_another_origin(
     output.first.wait_for(timeout=LAB_MS)
     screenshot(page, "publisher-thebe")
 
-    assert builds == [f"{server.base}/build/git/{quote(f'file://{repo}', safe='')}/main"], builds
+    assert builds == [f"{server.base}/build/git/{quote(remote_repo, safe='')}/main"], builds
     # What thebe 0.9.3 really sends to create its session: with "type", which Jupyter Server
     # requires, and the kernel named by the block's kernelOptions.kernelName.
     assert sessions == [{"name": "thebe.ipynb", "path": "/", "type": "notebook",

@@ -39,6 +39,7 @@ from ..identity import (
 )
 from ..oidc import OidcClient, PendingSignIn
 from ..projects import ProjectService
+from ..redirects import safe_next
 from ..service import LaunchService
 
 __all__ = ["Accounts"]
@@ -54,11 +55,9 @@ def _redirect(location: str, status: int) -> web.Response:
                                                 "Cache-Control": "no-store"})
 
 
-def _safe_next(value: str, default: str = "/projects") -> str:
-    """Only paths on this server: never another host (``//evil``, ``/\\evil``, ``https:``)."""
-    if not value.startswith("/") or value.startswith(("//", "/\\")) or "\n" in value:
-        return default
-    return value
+def _safe_next(value: str) -> str:
+    """Only paths on this server: never another host (see ``redirects.safe_next``)."""
+    return safe_next(value, "/projects")
 
 
 class Accounts:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
+import json
 import logging
 import mimetypes
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from ..api import (
     repoproviders_document,
     versions_document,
 )
-from ..errors import BadLink, BinderlessError
+from ..errors import AccessDenied, BadLink, BinderlessError
 from ..estimate import launch_estimate
 from ..events import KEEPALIVE, event_from_error, sse_frame
 from ..launches import (
@@ -35,6 +37,7 @@ from ..launches import (
     status_document,
 )
 from ..links import legacy_redirect, split_launch_path
+from ..origins import OriginPolicy, names_local_path
 from ..service import LaunchRequest, LaunchService
 from .accounts import Accounts
 from .proxy import SessionProxy
@@ -49,56 +52,86 @@ SERVICE_KEY = web.AppKey("service", LaunchService)
 CORS = {"Access-Control-Allow-Origin": "*"}
 #: How long the gateway (AWS mode) keeps a session's route before reading it again.
 ROUTE_TTL_SECONDS = 5.0
+#: Launch ids are uuid4 hex; anything else names no launch.
+LAUNCH_ID_RE = re.compile(r"[0-9a-f]{32}")
+POLICY_KEY = web.AppKey("origin_policy", OriginPolicy)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def error_response(error: BinderlessError) -> web.Response:
-    """The one mapping from a domain error to an HTTP answer (outside the event stream)."""
+def error_response(error: BinderlessError, cors: dict[str, str] | None = None) -> web.Response:
+    """The one mapping from a domain error to an HTTP answer (outside the event stream);
+    ``cors``: the CORS headers of the page that asked (default: readable by any)."""
     return web.json_response(
         {"message": error.user_message(), "status_code": error.status_code},
-        status=error.status_code, headers=CORS,
+        status=error.status_code, headers=CORS if cors is None else cors,
     )
+
+
+def cross_site_refusal(origin: str, *, local_path: bool = False) -> AccessDenied:
+    """Why a page of another site may not do this, and what the operator can change."""
+    if local_path:
+        return AccessDenied(
+            "Local folders and file:// URLs launch only from this server's own pages, "
+            f"not from a page of {origin}.",
+            hint="Open the launch link in the browser's address bar, or use the command "
+                 "line (binderless launch).")
+    return AccessDenied(
+        f"This server does not let pages of {origin} launch or use sessions.",
+        hint="Its operator can allow that origin with --allow-origin (the default allows "
+             "none where sessions run as the server's own user).")
 
 
 class BinderlessServer:
     def __init__(self, service: LaunchService, site_dir: Path) -> None:
         self.service = service
         self.settings = service.settings
+        self.policy = OriginPolicy.from_settings(service.settings)
         self.site_dir = site_dir.resolve()
         self.accounts = Accounts.from_service(service, self.site_dir)
         # Routes are kept briefly where each lookup is a DynamoDB read (the AWS mode).
         self.proxy = SessionProxy(service.routes.lookup, service.record_activity,
                                   identify=self.accounts.owner, tools=SessionTools(service),
                                   route_ttl=ROUTE_TTL_SECONDS if self.settings.mode == "aws"
-                                  else 0.0)
+                                  else 0.0,
+                                  lookup_in_thread=self.settings.mode == "aws",
+                                  max_upload_bytes=self.settings.max_upload_bytes,
+                                  ping_seconds=self.settings.websocket_ping_seconds)
         self._culler: asyncio.Task[None] | None = None
         self._launch_keys = RecentKeys()
 
     # ----- dispatch ----------------------------------------------------------------------
 
+    def page_origin(self, request: web.Request) -> str | None:
+        """The origin of another site's page that sent ``request`` (``None``: ours, or none)."""
+        return self.policy.page_origin(request.headers, request.scheme, request.host)
+
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.raw_path.split("?", 1)[0]
+        origin = self.page_origin(request)
         try:
             if path.startswith("/user/"):
+                if origin is not None and not self.policy.origin_allowed(origin):
+                    raise cross_site_refusal(origin)
                 session_id = path.split("/")[2]
                 return await self.proxy.handle(request, session_id)
             if self.accounts.handles(path):
                 return await self.accounts.handle(request, path)
             if request.method == "OPTIONS":
                 return web.Response(status=204, headers={
-                    **CORS, "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                    **self.policy.cors_headers(origin),
+                    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
                     "Access-Control-Allow-Headers": "*"})
             if path == "/api/launches":
-                return await self.create_launch(request)
+                return await self.create_launch(request, origin)
             if path.startswith("/api/launches/"):
-                return await self.launch_api(request, path)
+                return await self.launch_api(request, path, origin)
             if request.method not in ("GET", "HEAD"):
                 return web.json_response({"message": "Method not allowed."}, status=405)
             if path.startswith("/build/"):
                 if request.method != "GET":
                     return web.Response(status=405, headers={**CORS, "Allow": "GET"})
-                return await self.build_stream(request, path)
+                return await self.build_stream(request, path, origin)
             if path.startswith("/v2/"):
                 return self.loading_page(path)
             if path.startswith("/repo/"):
@@ -111,16 +144,20 @@ class BinderlessServer:
                 return simple[path]()
             return self.static(path)
         except BinderlessError as exc:
-            return error_response(exc)
+            return error_response(exc, self.policy.cors_headers(origin))
 
     # ----- pages -----------------------------------------------------------------------
 
     def static(self, path: str) -> web.StreamResponse:
         rel = "index.html" if path in ("/", "") else path.lstrip("/")
-        target = (self.site_dir / rel).resolve()
-        if target.is_dir():
-            target = target / "index.html"
-        if not target.is_relative_to(self.site_dir) or not target.is_file():
+        try:
+            target = (self.site_dir / rel).resolve()
+            if target.is_dir():
+                target = target / "index.html"
+            found = target.is_relative_to(self.site_dir) and target.is_file()
+        except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+            found = False
+        if not found:
             return web.Response(status=404, text=self._not_found_page(), content_type="text/html")
         ctype = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
         headers = {"Cache-Control": "no-cache"}
@@ -173,51 +210,74 @@ class BinderlessServer:
         return web.json_response(
             repoproviders_document(self.service.providers.display_configs()), headers=CORS)
 
-    async def launch_api(self, request: web.Request, path: str) -> web.Response:
+    async def launch_api(self, request: web.Request, path: str,
+                         origin: str | None) -> web.Response:
         """What the loading page asks about the launch it follows (the id comes from the
         stream's event ids): ``GET /api/launches/<id>/estimate``, ``POST .../cancel``."""
+        cors = self.policy.cors_headers(origin)
         parts = path.split("/")  # "", "api", "launches", <id>, <action>
         action = parts[4] if len(parts) == 5 else "" if len(parts) == 4 else "-"
         methods = {"estimate": ("GET", "HEAD"), "cancel": ("POST",), "": ("GET", "HEAD"),
                    "events": ("GET", "HEAD")}.get(action)
-        if methods is None:
+        if methods is None or not LAUNCH_ID_RE.fullmatch(parts[3]):
             return web.json_response({"message": "Not found.", "status_code": 404},
-                                     status=404, headers=CORS)
+                                     status=404, headers=cors)
         if request.method not in methods:
             return web.json_response({"message": "Method not allowed.", "status_code": 405},
-                                     status=405, headers={**CORS, "Allow": ", ".join(methods)})
+                                     status=405, headers={**cors, "Allow": ", ".join(methods)})
+        if origin is not None and not self.policy.origin_allowed(origin):
+            raise cross_site_refusal(origin)
         launch_id = parts[3]
         if action in ("", "events"):
-            return self.launch_record(request, launch_id, action)
+            return self.launch_record(request, launch_id, action, cors)
         if action == "cancel":
             cancelled = self.service.cancel(launch_id)
-            return web.json_response({"launch_id": launch_id, "cancelled": cancelled}, status=202)
+            return web.json_response({"launch_id": launch_id, "cancelled": cancelled},
+                                     status=202, headers=cors)
         estimate = await asyncio.to_thread(
             launch_estimate, self.service.store, launch_id, self.service.clock())
-        return web.json_response(estimate, headers={**CORS, "Cache-Control": "no-store"})
+        return web.json_response(estimate, headers={**cors, "Cache-Control": "no-store"})
 
-    async def create_launch(self, request: web.Request) -> web.Response:
+    async def create_launch(self, request: web.Request, origin: str | None) -> web.Response:
         """``POST /api/launches``: start a launch, answer with where to follow it (see
         ``launches.py``); the same ``Idempotency-Key`` gives the same launch back."""
+        cors = self.policy.cors_headers(origin)
         if request.method != "POST":
             return web.json_response({"message": "Method not allowed.", "status_code": 405},
-                                     status=405, headers={**CORS, "Allow": "POST"})
+                                     status=405, headers={**cors, "Allow": "POST"})
+        if origin is not None and not self.policy.origin_allowed(origin):
+            raise cross_site_refusal(origin)
         key = idempotency_key(request.headers)
         if key and (earlier := self._launch_keys.get(key)) is not None:
-            return web.json_response(earlier, status=202, headers=CORS)
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
+            return web.json_response(earlier, status=202, headers=cors)
+        body = await self._json_body(request)
         launch = launch_request(body, registry=self.service.providers,
                                 launch_host=self._launch_host(request),
                                 client_ip=request.remote or "")
+        if origin is not None and names_local_path(launch.provider, launch.spec):
+            raise cross_site_refusal(origin, local_path=True)
         answer = launch_document(self.service.start(launch), launch)
         if key:
             self._launch_keys.put(key, answer)
-        return web.json_response(answer, status=202, headers=CORS)
+        return web.json_response(answer, status=202, headers=cors)
 
-    def launch_record(self, request: web.Request, launch_id: str, action: str) -> web.Response:
+    async def _json_body(self, request: web.Request) -> object:
+        """The request's JSON body, at most ``max_body_bytes``; ``None`` when it is no JSON
+        (``launch_request`` says what it needs)."""
+        if (request.content_length or 0) > self.settings.max_body_bytes:
+            raise web.HTTPRequestEntityTooLarge(
+                max_size=self.settings.max_body_bytes, actual_size=request.content_length or 0,
+                text=json.dumps({"message": "The request body is too large: at most "
+                                 f"{self.settings.max_body_bytes} bytes.", "status_code": 413}),
+                content_type="application/json")
+        raw = await request.read()  # a chunked body past client_max_size: 413
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than Python reads
+            return None
+
+    def launch_record(self, request: web.Request, launch_id: str, action: str,
+                      cors: dict[str, str]) -> web.Response:
         """``GET /api/launches/<id>`` (its record) and ``.../events?after=N`` (its events),
         as the AWS mode's REST API answers them."""
         if not action:
@@ -225,7 +285,7 @@ class BinderlessServer:
         else:
             document = events_document(self.service.store, self.service.events, launch_id,
                                        request.query.get("after", "0"))
-        return web.json_response(document, headers=CORS)
+        return web.json_response(document, headers=cors)
 
     # ----- the event stream ------------------------------------------------------------
 
@@ -239,23 +299,31 @@ class BinderlessServer:
         # (a retry button) cannot set headers, so it may pass ?last_event_id= instead.
         last = request.headers.get("Last-Event-ID") or request.query.get("last_event_id", "")
         launch_id, _, seq = last.partition(":")
-        if not launch_id or not seq.isdigit():
+        # An id we never gave out (a forged or mangled header) starts a new launch.
+        if not LAUNCH_ID_RE.fullmatch(launch_id) or not (
+                seq.isascii() and seq.isdigit() and len(seq) <= 12):
             return None
         launch = self.service.store.get_launch(launch_id)
         if launch is None or launch["provider"] != provider or launch["spec"] != spec:
             return None
         return launch_id, int(seq)
 
-    async def build_stream(self, request: web.Request, path: str) -> web.StreamResponse:
+    async def build_stream(self, request: web.Request, path: str,
+                           origin: str | None) -> web.StreamResponse:
         response = web.StreamResponse(headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no", **CORS,
+            "X-Accel-Buffering": "no", **self.policy.cors_headers(origin),
         })
         await response.prepare(request)
         with contextlib.suppress(ConnectionResetError, asyncio.CancelledError):
             try:
                 target = split_launch_path(path, "build")
-            except BadLink as exc:
+                if origin is not None and not self.policy.origin_allowed(origin):
+                    raise cross_site_refusal(origin)
+                if origin is not None and names_local_path(target.provider, target.spec):
+                    raise cross_site_refusal(origin, local_path=True)
+            except BinderlessError as exc:
+                # Refused pages get no CORS header: they cannot even read why.
                 await response.write(sse_frame(event_from_error(exc)))
                 await self._linger(response)
                 return response
@@ -325,10 +393,28 @@ async def no_tracebacks(request: web.Request, handler: Handler) -> web.StreamRes
                         "failing, report it to the operators of this server."}, status=500)
 
 
+@web.middleware
+async def known_hosts(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer only requests naming this server (DNS rebinding: see ``origins.py``)."""
+    policy = request.app[POLICY_KEY]
+    if not policy.host_allowed(request.headers.get("Host")):
+        name = request.headers.get("Host", "")[:100]
+        log.info("refused a request for host %r", name)
+        return web.json_response({
+            "message": f"This server does not answer for the host name {name!r}. If people "
+                       "reach it under that name, its operator can add it with --allowed-host "
+                       "(or set --public-url).", "status_code": 403}, status=403)
+    return await handler(request)
+
+
 def create_app(service: LaunchService, site_dir: Path = SITE_DIR) -> web.Application:
     server = BinderlessServer(service, site_dir)
-    app = web.Application(middlewares=[no_tracebacks], client_max_size=1024**3)
+    # Bodies binderless reads itself are small; the session proxy streams (and limits)
+    # its own.
+    app = web.Application(middlewares=[known_hosts, no_tracebacks],
+                          client_max_size=service.settings.max_body_bytes)
     app[SERVICE_KEY] = service
+    app[POLICY_KEY] = server.policy
     # [\s\S], not ".": a decoded %0A in a spec must still reach the dispatcher.
     app.router.add_route("*", r"/{tail:[\s\S]*}", server.dispatch)
     app.cleanup_ctx.append(server.lifecycle)

@@ -66,10 +66,22 @@ export function pathToOpen(search) {
   return urlpath.startsWith("/") ? urlpath.slice(1) : urlpath;
 }
 
-/** Where the browser goes once the session is ready: the path resolved against the
- *  session URL, with the session token added. */
+/** Where the browser goes once the session is ready: the path resolved inside the session
+ *  URL, with the session token added. Only a place inside the session can come out: a path
+ *  that would leave it (`javascript:`, another host, `//host`, `\\host`, `..` above the
+ *  session, the same with tabs, newlines or %-encoding) opens the session's root instead.
+ *  The server's `redirects.session_url` keeps the same rule. */
 export function sessionUrl(ready, urlpath) {
-  const url = urlpath ? new URL(urlpath, ready.url) : new URL(ready.url);
+  const root = new URL(ready.url);
+  // Read the path as the browser would: it drops tabs and newlines and takes "\\" for "/".
+  const cleaned = String(urlpath || "").replace(/[\u0000-\u0020\u007f]/g, "")
+    .replace(/\\/g, "/").replace(/^\/+/, "");
+  let url = cleaned ? new URL("./" + cleaned, root) : new URL(root.href);
+  const segments = url.pathname.split("/").map(safeDecode);
+  if (url.origin !== root.origin || !url.pathname.startsWith(root.pathname) ||
+      segments.includes("..") || segments.includes(".")) {
+    url = new URL(root.href);
+  }
   url.searchParams.set("token", ready.token || "");
   return url.href;
 }
