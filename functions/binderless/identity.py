@@ -135,8 +135,12 @@ class CookieSigner:
 def load_or_create_secret(path: Path) -> bytes:
     """The local server's cookie secret: made once, kept readable by its owner only.
 
-    Written to a temporary file and renamed, so a crash never leaves half a secret."""
+    Written to a temporary file and renamed, so a crash never leaves half a secret. One
+    found readable by others (made by an older version, or copied) is closed first: a
+    session that read it could sign cookies as anyone."""
     try:
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)
         return bytes.fromhex(path.read_text().strip())
     except FileNotFoundError:
         pass

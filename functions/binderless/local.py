@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 
@@ -11,6 +14,7 @@ from .backends.localfetch import LocalFetcher
 from .backends.localspawn import LocalSpawner
 from .backends.protocols import Builder, Spawner
 from .backends.sqlite import Database, SqliteEventLog, SqliteRoutes, SqliteStore
+from .backends.uids import UidPool, unreachable_part
 from .backends.uvbuilder import UvBuilder
 from .providers import ProviderRegistry
 from .service import LaunchService
@@ -19,31 +23,101 @@ from .tokens import load_secrets
 from .urlguard import UrlGuard, guarded_client
 from .workspaces import Workspaces
 
-__all__ = ["local_service"]
+__all__ = ["check_isolation", "local_service", "protect_state"]
+
+log = logging.getLogger("binderless.local")
+
+HOW_TO_ISOLATE = ("run binderless as root so that sessions get user ids of their own, or "
+                  "use --spawner docker, or serve on 127.0.0.1 without a public URL or "
+                  "OIDC sign-in (one person's server)")
 
 
-def _builder(settings: Settings) -> Builder:
+def _why_shared(settings: Settings) -> str:
+    if settings.public_url:
+        return f"it has a public URL ({settings.public_url})"
+    if settings.exposed:
+        return f"it listens on {settings.host}, beyond this machine"
+    return "people sign in with OpenID Connect"
+
+
+def check_isolation(settings: Settings, euid: int | None = None) -> None:
+    """Refuse (``ValueError``) a local server that more than one person can use whose
+    sessions would run as the server's own user: one person's code could read another's
+    files and tokens, and the server's secrets. ``euid``: the server's (default: ours)."""
+    if settings.mode != "local" or settings.spawner == "docker":
+        return
+    if settings.shared and not settings.uid_sessions:
+        raise ValueError(
+            f"more than one person can use this server ({_why_shared(settings)}), but "
+            "--session-isolation off would run everyone's sessions as the server's own "
+            f"user, able to read each other's files and the server's secrets. Use "
+            f"--session-isolation auto (the default) and {HOW_TO_ISOLATE}.")
+    euid = os.geteuid() if euid is None else euid
+    if settings.uid_sessions and euid != 0:
+        why = (_why_shared(settings) if settings.shared else
+               "--session-isolation uids asks for it")
+        raise ValueError(
+            f"sessions must run under user ids of their own ({why}), which needs root: "
+            f"{HOW_TO_ISOLATE}.")
+
+
+def _chmod(path: Path, mode: int) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, mode)
+
+
+def protect_state(settings: Settings, homes: Path) -> None:
+    """Set the state dir's modes so that sessions under other uids pass through to what
+    they run (environments, their own folders) and read nothing else: no listing, no
+    database, no git mirrors, no other session's folder. The database is the server's
+    alone in every mode; the rest matters only with ``uid_sessions``."""
+    db = settings.db_path
+    for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        if path.exists():
+            os.chmod(path, 0o600)  # SQLite gives its -wal and -shm files the same mode
+    if not settings.uid_sessions:
+        return
+    _chmod(settings.state_dir, 0o711)
+    _chmod(settings.state_dir / "repos", 0o700)
+    for folder in (settings.state_dir / "sessions", settings.state_dir / "envs", homes):
+        _chmod(folder, 0o711)
+    for folder in (settings.state_dir, homes):
+        closed = unreachable_part(folder)
+        if closed is not None:
+            log.warning("sessions run under user ids of their own and cannot reach %s: %s "
+                        "is closed to other users; every launch will fail until it is "
+                        "opened (chmod o+x) or the server uses another --state-dir",
+                        folder, closed)
+
+
+def _builder(settings: Settings, uids: UidPool | None) -> Builder:
     if settings.builder == "docker":
         from .backends.docker import DockerBuilder
 
         return DockerBuilder(settings)
-    return UvBuilder(settings)
+    return UvBuilder(settings, uids=uids)
 
 
-def _spawner(settings: Settings) -> Spawner:
+def _spawner(settings: Settings, uids: UidPool | None) -> Spawner:
     if settings.spawner == "docker":
         from .backends.docker import DockerSpawner
 
         return DockerSpawner(settings)
-    return LocalSpawner(settings)
+    return LocalSpawner(settings, uids=uids)
 
 
 def local_service(settings: Settings, http_client: httpx.Client | None = None, *,
                   clock: Callable[[], float] = time.time) -> LaunchService:
     """The launch service with every local backend; creates no AWS client."""
     settings = load_secrets(settings, None)  # refuses ssm:/secretsmanager: references locally
+    check_isolation(settings)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.db_path)
+    homes = settings.workspaces_root or settings.state_dir / "homes"
+    protect_state(settings, homes)
+    # One pool for builds and sessions: the same uid is never handed to both at once.
+    uids = (UidPool(settings.state_dir / "uids.json", *settings.uid_range)
+            if settings.uid_sessions else None)
     providers = ProviderRegistry(
         settings, http_client or guarded_client(UrlGuard(enforce=settings.enforce_url_guard)))
     return LaunchService(
@@ -53,9 +127,9 @@ def local_service(settings: Settings, http_client: httpx.Client | None = None, *
         routes=SqliteRoutes(db),
         events=SqliteEventLog(db, clock=clock),
         fetcher=LocalFetcher(settings.state_dir / "repos", archives=providers.get),
-        builder=_builder(settings),
-        spawner=_spawner(settings),
+        builder=_builder(settings, uids),
+        spawner=_spawner(settings, uids),
         clock=clock,
-        workspaces=Workspaces(settings.workspaces_root or settings.state_dir / "homes",
-                              max_projects=settings.max_projects_per_user, clock=clock),
+        workspaces=Workspaces(homes, max_projects=settings.max_projects_per_user,
+                              clock=clock),
     )

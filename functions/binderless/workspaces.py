@@ -14,6 +14,12 @@ the user's own edits), and when it was last used. Every write is a whole file wr
 to a temporary name and renamed, and a project folder appears by one rename of a fully
 copied folder, so a crash never leaves half a project or half a record. Deleting renames
 the folder into ``.binderless/trash/`` first, so it vanishes from the home at once.
+
+Modes keep homes apart when sessions run under uids of their own (``uids.py``): a home
+is the server's, mode 0711 (a session passes through to its project, lists nothing);
+``.binderless`` is the server's alone (0700), so a session cannot rewrite the records
+the server trusts; each project folder is 0700, handed to its user's uid when a session
+starts. Nobody else can read a project folder even before that.
 """
 
 from __future__ import annotations
@@ -209,8 +215,18 @@ class Workspaces:
                 records.append(data)
         return records
 
+    def _ensure_home(self, user_id: str) -> Path:
+        """The user's home, made with the modes the module docstring describes."""
+        home = self.home(user_id)
+        meta = self._meta(user_id)
+        meta.mkdir(parents=True, exist_ok=True)
+        os.chmod(home, 0o711)
+        os.chmod(meta, 0o700)
+        return home
+
     def _write_record(self, user_id: str, data: dict[str, Any]) -> None:
         path = self._record_path(user_id, str(data["name"]))
+        self._ensure_home(user_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
@@ -269,7 +285,7 @@ class Workspaces:
         An existing project's files are never touched; its record notes the newer commit
         and the changes are described (``Opened.changes``)."""
         self.check_room(user_id, repo_url)
-        home = self.home(user_id)
+        home = self._ensure_home(user_id)
         now = self.clock()
         for data in self._records(user_id):
             if data.get("repo_url") != repo_url:
@@ -297,6 +313,7 @@ class Workspaces:
         staging.parent.mkdir(parents=True, exist_ok=True)
         try:
             shutil.copytree(checkout, staging, symlinks=True)
+            os.chmod(staging, 0o700)  # its owner's alone (see the module docstring)
             try:
                 staging.rename(target)
             except OSError:

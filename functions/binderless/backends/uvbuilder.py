@@ -5,14 +5,25 @@ build finished, so a crash or a failure never leaves a half-built environment in
 ``postBuild`` runs in a scratch copy of the repository with the environment active;
 the files it adds to the repository folder (the session's home) are kept in
 ``<env>/home/`` and copied into each session, as repo2docker's image would have them.
+
+A build in progress works in ``<state>/envs/.build-<key>-<pid>-<n>/``; the folders of
+builds whose process died (killed mid-way) are removed when a builder starts, with any
+environment folder they left unfinished. When sessions run under uids of their own,
+builds run under a uid of their own too (a repository's ``setup.py`` and ``postBuild``
+are its code, never to run as the server's user), on a Python interpreter sessions can
+reach; the finished environment is handed back to the server, readable and never
+writable by sessions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
+import stat
+import sys
 import time
 from pathlib import Path
 
@@ -23,8 +34,20 @@ from ..settings import Settings
 from .process import ProcessFailed, stream_process
 from .protocols import ImageRef, LogSink
 from .pythons import default_python, find_python
+from .uids import UidPool, chown_tree, kill_uid, unreachable_part
 
 __all__ = ["UvBuilder", "uv_binary"]
+
+log = logging.getLogger("binderless.uvbuilder")
+
+#: Run the rest of the command line as the uid given first (and its gid, no other
+#: groups): ``python -I -c DROP_PRIVILEGES <uid> <cmd>...``.
+DROP_PRIVILEGES = ("import os, sys; uid = int(sys.argv[1]); os.setgroups([]); os.setgid(uid); "
+                   "os.setuid(uid); os.umask(0o022); os.execvp(sys.argv[2], sys.argv[2:])")
+#: What an isolated build sees of the server's environment (never its secrets).
+BUILD_ENV = {"PATH", "LANG", "LANGUAGE", "TERM", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR",
+             "REQUESTS_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy",
+             "https_proxy", "no_proxy"}
 
 MARKER = ".binderless-complete"
 SUPPORTED_BUILDPACKS = {"PythonBuildPack", "PipfileBuildPack", "CondaBuildPack"}
@@ -43,10 +66,42 @@ def uv_binary() -> str:
 class UvBuilder:
     name = "uv"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, uids: UidPool | None = None) -> None:
+        """``uids``: where builds get their uid when sessions are isolated (share the
+        spawner's pool, so that a build and a session never get the same one)."""
         self.settings = settings
         self.envs_dir = settings.state_dir / "envs"
         self.uv = uv_binary()
+        if uids is None and settings.uid_sessions:
+            uids = UidPool(settings.state_dir / "uids.json", *settings.uid_range)
+        self.uids = uids
+        self.remove_interrupted()
+
+    def remove_interrupted(self) -> list[str]:
+        """Remove what builds killed mid-way left: their scratch folders, and environment
+        folders without the marker a finished build writes last (unless a live process
+        is building them). Returns the names removed."""
+        if not self.envs_dir.is_dir():
+            return []
+        building: set[str] = set()
+        leftovers: list[Path] = []
+        for entry in self.envs_dir.iterdir():
+            if not entry.name.startswith(".build-"):
+                continue
+            key, _, rest = entry.name[len(".build-"):].partition("-")
+            pid = rest.partition("-")[0]
+            if pid.isdigit() and int(pid) != os.getpid() and _running(int(pid)):
+                building.add(key)
+            else:
+                leftovers.append(entry)
+        for entry in self.envs_dir.iterdir():
+            if (not entry.name.startswith(".") and entry.is_dir()
+                    and not (entry / MARKER).exists() and entry.name not in building):
+                leftovers.append(entry)
+        for entry in leftovers:
+            log.info("removing %s, left by an interrupted build", entry)
+            shutil.rmtree(entry, ignore_errors=True)
+        return [entry.name for entry in leftovers]
 
     def plan(self, checkout: Path) -> EnvironmentPlan:
         return plan_environment(checkout, salt=f"uv:{self.settings.jupyterlab_requirement}")
@@ -58,12 +113,39 @@ class UvBuilder:
         return ImageRef(key=key, name=f"local-env:{key}", location=str(self.env_dir(key)))
 
     async def find(self, plan: EnvironmentPlan) -> ImageRef | None:
-        if (self.env_dir(plan.key) / MARKER).exists():
-            return self.image(plan.key)
-        return None
+        env_dir = self.env_dir(plan.key)
+        if not (env_dir / MARKER).exists():
+            return None
+        if self.settings.uid_sessions and unreachable_part(env_dir / "bin" / "python"):
+            # Built before sessions had uids of their own, on an interpreter they cannot
+            # reach (under root's home): build it again on one they can.
+            return None
+        return self.image(plan.key)
+
+    def _python(self, plan: EnvironmentPlan) -> str:
+        """The interpreter to build on: with uid sessions, one every user can run."""
+        python = find_python(plan.python_version) if plan.python_version else default_python()
+        if not self.settings.uid_sessions or unreachable_part(python) is None:
+            return python
+        version = plan.python_version or f"{sys.version_info[0]}.{sys.version_info[1]}"
+        for candidate in (shutil.which(f"python{version}") or "",
+                          f"/usr/bin/python{version}", f"/usr/local/bin/python{version}"):
+            if candidate and Path(candidate).exists() and unreachable_part(candidate) is None:
+                return candidate
+        raise BuildFailed(
+            f"Sessions run under user ids of their own, and cannot run Python {version} "
+            f"from {python}: {unreachable_part(python)} is closed to other users.",
+            hint=f"Install Python {version} where every user can run it (for example "
+                 f"apt-get install python{version}), or open that folder (chmod o+x).")
 
     def _env(self, env_dir: Path, home: Path) -> dict[str, str]:
         env = dict(os.environ)
+        if self.uids is not None:
+            env = {k: v for k, v in env.items()
+                   if k in BUILD_ENV or k.startswith(("LC_", "UV_", "PIP_"))}
+            # The build's own cache: a shared one would let one build plant files in
+            # environments built after it. UV_LINK_MODE: no file shared with it either.
+            env.update({"UV_CACHE_DIR": str(home / ".cache" / "uv"), "UV_LINK_MODE": "copy"})
         env.update({
             "VIRTUAL_ENV": str(env_dir),
             "PATH": f"{env_dir / 'bin'}{os.pathsep}{env.get('PATH', '')}",
@@ -71,7 +153,7 @@ class UvBuilder:
             "UV_PYTHON_DOWNLOADS": "never",
             "PIP_DISABLE_PIP_VERSION_CHECK": "1",
         })
-        if self.settings.uv_cache_dir:
+        if self.settings.uv_cache_dir and self.uids is None:
             env["UV_CACHE_DIR"] = self.settings.uv_cache_dir
         return env
 
@@ -91,29 +173,55 @@ class UvBuilder:
         buildpack = await self.check_supported(plan, checkout)
         log(f"Building with uv (repo2docker would use its {BUILDPACK_NAMES[buildpack]} "
             f"buildpack): {plan.describe()}\n")
-        python = find_python(plan.python_version) if plan.python_version else default_python()
+        python = self._python(plan)
         env_dir = self.env_dir(plan.key)
         scratch = self.envs_dir / f".build-{plan.key}-{os.getpid()}-{time.monotonic_ns()}"
         shutil.rmtree(env_dir, ignore_errors=True)
+        uid: int | None = None
+        if self.uids is not None:
+            for needed in (self.uv, python):
+                if unreachable_part(needed) is not None:
+                    raise BuildFailed(f"Builds run under user ids of their own, and cannot "
+                                      f"run {needed}: {unreachable_part(needed)} is closed "
+                                      "to other users.", hint="Open it (chmod o+x), or install "
+                                      "binderless where every user can run it.")
+            uid = await asyncio.to_thread(self.uids.for_session, scratch.name)
         try:
             await asyncio.to_thread(shutil.copytree, checkout, scratch, symlinks=True)
-            await self._run(plan, scratch, env_dir, python, log)
+            if uid is not None:
+                await asyncio.to_thread(_give, scratch, env_dir, uid)
+            await self._run(plan, scratch, env_dir, python, log, uid)
+            if uid is not None:
+                await asyncio.to_thread(_take_back, env_dir, uid)
+            _quiet_jupyterlab(env_dir)
+            if uid is not None:
+                await asyncio.to_thread(_open_to_sessions, env_dir)
             (env_dir / MARKER).write_text(plan.key + "\n")
         except BaseException:
             shutil.rmtree(env_dir, ignore_errors=True)
             raise
         finally:
+            if uid is not None and self.uids is not None:
+                await asyncio.to_thread(kill_uid, uid)
+                self.uids.release(scratch.name)
             shutil.rmtree(scratch, ignore_errors=True)
         return self.image(plan.key)
 
+    def _as(self, uid: int | None, cmd: list[str]) -> list[str]:
+        return cmd if uid is None else [sys.executable, "-I", "-c", DROP_PRIVILEGES,
+                                        str(uid), *cmd]
+
     async def _run(self, plan: EnvironmentPlan, work: Path, env_dir: Path, python: str,
-                   log: LogSink) -> None:
+                   log: LogSink, uid: int | None = None) -> None:
+        """Build in ``work``; with ``uid``, every command runs as that uid, and between
+        commands (when the server touches ``work`` itself) no process of it runs."""
         env = self._env(env_dir, work)
         timeout = self.settings.build_timeout_seconds
         step = "creating the Python environment"
         try:
-            await stream_process([self.uv, "venv", "--quiet", "--seed", "--python", python,
-                                  str(env_dir)], log=log, env=env, timeout=timeout)
+            await stream_process(self._as(uid, [self.uv, "venv", "--quiet", "--seed",
+                                                "--python", python, str(env_dir)]),
+                                 log=log, env=env, timeout=timeout)
             step = "installing the packages"
             install = [self.uv, "pip", "install", "--python", str(env_dir / "bin" / "python"),
                        self.settings.jupyterlab_requirement]
@@ -122,15 +230,21 @@ class UvBuilder:
             install += list(plan.requirements)
             if plan.install_repo:
                 install.append(".")
-            await stream_process(install, log=log, cwd=work, env=env, timeout=timeout)
-            _quiet_jupyterlab(env_dir)
+            await stream_process(self._as(uid, install), log=log, cwd=work, env=env,
+                                 timeout=timeout)
             if plan.post_build:
                 step = plan.post_build
+                if uid is not None:
+                    await asyncio.to_thread(kill_uid, uid)
                 script = work / plan.post_build
-                script.chmod(script.stat().st_mode | 0o755)
+                if not script.is_symlink():  # chmod would change the file it points to
+                    script.chmod(script.stat().st_mode | 0o755)
                 before = _snapshot(work)
                 log(f"Running {plan.post_build}\n")
-                await stream_process([str(script)], log=log, cwd=work, env=env, timeout=timeout)
+                await stream_process(self._as(uid, [str(script)]), log=log, cwd=work, env=env,
+                                     timeout=timeout)
+                if uid is not None:
+                    await asyncio.to_thread(kill_uid, uid)
                 _keep_changes(work, before, env_dir / "home")
         except ProcessFailed as exc:
             last = next((line for line in reversed(exc.tail) if line.strip()), "")
@@ -145,6 +259,34 @@ class UvBuilder:
                 hint += ("\nPackages from environment.yml are installed with pip here; "
                          "conda-only packages need --builder docker.")
             raise BuildFailed(what, hint=hint.strip()) from exc
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _open_to_sessions(env_dir: Path) -> None:
+    """Let every user read the environment, and run what its owner may run (whatever the
+    server's umask made it); nobody but the owner writes it."""
+    for dirpath, dirnames, filenames in os.walk(env_dir):
+        for name in (*dirnames, *filenames):
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            wanted = st.st_mode | stat.S_IROTH | stat.S_IRGRP
+            if stat.S_ISDIR(st.st_mode) or st.st_mode & stat.S_IXUSR:
+                wanted |= stat.S_IXOTH | stat.S_IXGRP
+            wanted &= ~(stat.S_IWOTH | stat.S_IWGRP)
+            if wanted != st.st_mode:
+                os.chmod(path, stat.S_IMODE(wanted))
+    os.chmod(env_dir, 0o755)
 
 
 def _snapshot(root: Path) -> dict[str, tuple[float, int]]:
@@ -173,8 +315,67 @@ def _keep_changes(root: Path, before: dict[str, tuple[float, int]], overlay: Pat
 
 
 def _quiet_jupyterlab(env_dir: Path) -> None:
-    """Turn off JupyterLab's news pop-up: sessions are short and the network may be closed."""
-    config = env_dir / "etc" / "jupyter" / "labconfig" / "page_config.json"
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(json.dumps({"disabledExtensions": {
-        "@jupyterlab/apputils-extension:announcements": True}}, indent=1) + "\n")
+    """Turn off JupyterLab's news pop-up: sessions are short and the network may be closed.
+
+    Written after the build (a link the build left on the way is refused, never
+    followed), keeping whatever else the build configured there."""
+    folder = env_dir
+    for part in ("etc", "jupyter", "labconfig"):
+        folder = folder / part
+        if folder.is_symlink():
+            raise BuildFailed(f"The build left a link at {folder.relative_to(env_dir)}, "
+                              "where JupyterLab's settings go.")
+        folder.mkdir(exist_ok=True)
+    config = folder / "page_config.json"
+    data: dict[str, object] = {}
+    if config.is_file() and not config.is_symlink():
+        try:
+            loaded = json.loads(config.read_text())
+            data = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            data = {}
+    config.unlink(missing_ok=True)
+    disabled = data.get("disabledExtensions")
+    data["disabledExtensions"] = {**(disabled if isinstance(disabled, dict) else {}),
+                                  "@jupyterlab/apputils-extension:announcements": True}
+    config.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def _give(scratch: Path, env_dir: Path, uid: int) -> None:
+    """Hand the build's folders to its uid: the copy it works in, and the empty
+    environment folder it fills."""
+    chown_tree(scratch, uid, uid)
+    env_dir.mkdir()
+    os.chown(env_dir, uid, uid)
+
+
+def _take_back(env_dir: Path, uid: int) -> None:
+    """Make the finished environment the server's: no process of the build's uid runs
+    any more, so the tree holds still. A file the build gave several names is copied
+    first: the server must own every byte a session runs."""
+    kill_uid(uid)
+    me, group = os.geteuid(), os.getegid()
+    os.chown(env_dir, me, group, follow_symlinks=False)
+    for _dirpath, dirnames, filenames, dirfd in os.fwalk(env_dir, follow_symlinks=False):
+        for name in (*dirnames, *filenames):
+            st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                _own_copy(name, dirfd, st)
+            os.chown(name, me, group, dir_fd=dirfd, follow_symlinks=False)
+
+
+def _own_copy(name: str, dirfd: int, st: os.stat_result) -> None:
+    """Replace the file ``name`` (in ``dirfd``) by a copy of its own, same mode."""
+    tmp = f".{name}.binderless-copy"
+    src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dirfd)
+    try:
+        dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                      stat.S_IMODE(st.st_mode), dir_fd=dirfd)
+        try:
+            while chunk := os.read(src, 1 << 20):
+                os.write(dst, chunk)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+    os.replace(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
