@@ -17,9 +17,17 @@ from typing import Any
 from .errors import BinderlessError
 from .phases import Phase
 
-__all__ = ["KEEPALIVE", "Event", "event_from_error", "sse_frame"]
+__all__ = ["KEEPALIVE", "MAX_SEQ_DIGITS", "Event", "event_from_error", "launch_id_like",
+           "parse_event_id", "parse_seq", "sse_frame"]
 
 KEEPALIVE = b":keepalive\n\n"
+#: Sequence numbers clients send back have at most this many digits: any more is not an
+#: event of ours, and would overflow SQLite's 64-bit INTEGER (or Python's 4,300-digit
+#: limit on int()).
+MAX_SEQ_DIGITS = 15
+#: Launch ids are 32 hex digits; anything much longer is not one (and DynamoDB refuses
+#: keys over 2 KB with an error rather than "not found").
+MAX_LAUNCH_ID = 128
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,33 @@ def event_from_error(error: BaseException) -> Event:
     if not message.endswith("\n"):
         message += "\n"
     return Event(Phase.FAILED, message, {"status_code": status})
+
+
+def parse_seq(text: str) -> int | None:
+    """A sequence number as a client sends it back (``after=``, the tail of an event id):
+    ASCII digits only, at most ``MAX_SEQ_DIGITS``; ``None`` for anything else.
+
+    ``str.isdigit`` alone is not enough: it accepts "²" and "١", which ``int`` refuses or
+    reads as another number."""
+    if not 0 < len(text) <= MAX_SEQ_DIGITS or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)
+
+
+def parse_event_id(text: str) -> tuple[str, int] | None:
+    """``(launch id, seq)`` from an event id as the stream writes it (``<launch id>:<seq>``),
+    sent back in ``Last-Event-ID`` or ``?last_event_id=``; ``None`` when it is not one."""
+    launch_id, sep, seq = text.partition(":")
+    number = parse_seq(seq)
+    if not sep or number is None or not launch_id_like(launch_id):
+        return None
+    return launch_id, number
+
+
+def launch_id_like(text: str) -> bool:
+    """Whether ``text`` could be a launch id (worth looking up in the store)."""
+    return 0 < len(text) <= MAX_LAUNCH_ID and text.isascii() and text.isprintable() \
+        and ":" not in text and "/" not in text
 
 
 def sse_frame(event: Event, event_id: str | None = None) -> bytes:

@@ -23,6 +23,7 @@ from typing import Any
 
 from .backends.protocols import EventLog, Store
 from .errors import BadLink, LaunchNotFound
+from .events import launch_id_like, parse_seq
 from .links import parse_link
 from .providers import ProviderRegistry
 from .service import LaunchRequest
@@ -32,6 +33,32 @@ __all__ = ["RecentKeys", "events_document", "launch_document", "launch_request",
 
 #: The longest idempotency key accepted (Powertools hashes it; this bounds the body).
 MAX_KEY_LENGTH = 255
+#: The longest link or spec a body may name: far above any real one (a clone URL and a
+#: ref), far below what would bloat the store and the event log.
+MAX_SPEC_LENGTH = 2048
+
+
+def _text(value: object, name: str, limit: int = MAX_SPEC_LENGTH) -> str | None:
+    """``value`` if it is a string the store can keep (``None`` when absent).
+
+    JSON may carry lone surrogates ("\\ud800") that no UTF-8 store accepts, and control
+    characters that have no place in a link: both are the client's mistake (400), not a
+    crash when the launch is written."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadLink(f"The {name} must be a string.",
+                      hint='For example {"provider": "gh", "spec": "org/repo/HEAD"}.')
+    if len(value) > limit:
+        raise BadLink(f"The {name} is longer than {limit} characters.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadLink(f"The {name} is not valid text (it holds an unpaired surrogate).") \
+            from None
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise BadLink(f"The {name} contains control characters (such as a line break).")
+    return value
 
 
 def launch_request(body: Any, *, registry: ProviderRegistry, launch_host: str,
@@ -43,14 +70,14 @@ def launch_request(body: Any, *, registry: ProviderRegistry, launch_host: str,
     if not isinstance(body, Mapping):
         raise BadLink("The request body must be a JSON object.",
                       hint='For example {"link": "https://mybinder.org/v2/gh/org/repo/HEAD"}.')
-    link, provider, spec = body.get("link"), body.get("provider"), body.get("spec")
+    link, provider, spec = (_text(body.get(key), key) for key in ("link", "provider", "spec"))
     build_only = body.get("build_only", False)
     if not isinstance(build_only, bool):
         raise BadLink("build_only must be true or false.")
-    if isinstance(link, str) and link and provider is None and spec is None:
+    if link and provider is None and spec is None:
         target = parse_link(link).target
         provider, spec = target.provider, target.spec
-    elif not (isinstance(provider, str) and provider and isinstance(spec, str) and spec):
+    elif not (provider and spec):
         raise BadLink("Name the repository to launch: a link, or a provider and a spec.",
                       hint='For example {"provider": "gh", "spec": "org/repo/HEAD"}.')
     registry.get(provider)  # an unknown provider is a BadLink naming the known ones
@@ -107,9 +134,9 @@ class RecentKeys:
 def status_document(store: Store, launch_id: str) -> dict[str, Any]:
     """A launch record as ``GET /api/launches/<id>`` shows it (no driver internals).
     Raises ``LaunchNotFound``."""
-    launch = store.get_launch(launch_id)
+    launch = store.get_launch(launch_id) if launch_id_like(launch_id) else None
     if launch is None:
-        raise LaunchNotFound(f"There is no launch {launch_id}.")
+        raise LaunchNotFound(f"There is no launch {launch_id[:64]}.")
     hidden = {"request", "driver", "lease_until"}
     return {k: v for k, v in launch.items() if k not in hidden}
 
@@ -119,9 +146,10 @@ def events_document(store: Store, events: EventLog, launch_id: str,
     """``GET /api/launches/<id>/events?after=N``: the launch's events after ``N``, each
     with the id the ``/build`` stream gives it. Raises ``BadLink`` for an ``after`` that is
     not a whole number and ``LaunchNotFound``."""
-    if not after.isdigit():
-        raise BadLink("after must be a whole number.")
-    if store.get_launch(launch_id) is None:
-        raise LaunchNotFound(f"There is no launch {launch_id}.")
-    return {"events": [{"id": f"{launch_id}:{seq}", **event.to_json()}
-                       for seq, event in events.read(launch_id, int(after))]}
+    seq = parse_seq(after)
+    if seq is None:
+        raise BadLink("after must be a whole number (the seq of an event id).")
+    if not launch_id_like(launch_id) or store.get_launch(launch_id) is None:
+        raise LaunchNotFound(f"There is no launch {launch_id[:64]}.")
+    return {"events": [{"id": f"{launch_id}:{n}", **event.to_json()}
+                       for n, event in events.read(launch_id, seq)]}

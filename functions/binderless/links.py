@@ -76,8 +76,15 @@ def final_urlpath(query: Mapping[str, str]) -> str:
     return urlpath
 
 
+MAX_LEGACY_PATH = 2048
+
+
 def legacy_redirect(raw_path: str) -> str:
     """Map the old ``/repo/<user>/<repo>[/<path>]`` form to its ``/v2/gh`` link."""
+    if len(raw_path) > MAX_LEGACY_PATH:
+        # Its redirect would be longer than a client reads in a header.
+        raise BadLink("This old-style link is too long.",
+                      hint="Old-style links look like /repo/<user>/<repo>[/<path>].")
     parts = [p for p in raw_path.split("/") if p]
     if len(parts) < 3 or parts[0] != "repo":
         raise BadLink("Old-style links look like /repo/<user>/<repo>[/<path>].")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from urllib.parse import quote
 
 import httpx
@@ -12,7 +13,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from binderless.errors import BinderlessError
+from binderless.backends.sqlite import Database, SqliteEventLog, SqliteStore
+from binderless.errors import BadLink, BinderlessError, LaunchNotFound
+from binderless.events import parse_event_id, parse_seq
+from binderless.launches import events_document, launch_request, status_document
 from binderless.links import parse_link
 from binderless.local import local_service
 from binderless.providers import ProviderRegistry
@@ -101,3 +105,48 @@ def test_pages_survive_hostile_paths(server: str) -> None:
         assert response.status_code < 500, path
         assert "<script>alert(1)" not in response.text
         assert "[build-system]" not in response.text
+
+
+# ----- the parsing layer's answers to what the hostile sweep found ---------------------------
+
+@pytest.mark.parametrize("text", ["", "²", "\u0661", "\u2168", "1.5", "-1", " 1", "0x1",
+                                  "9" * 16, "9" * 5000, "18446744073709551616"])
+def test_sequence_numbers_clients_send_back_are_short_ascii_digits(text: str) -> None:
+    assert parse_seq(text) is None
+    assert parse_event_id(f"abc:{text}") is None
+
+
+def test_event_ids_parse_as_the_stream_writes_them() -> None:
+    assert parse_seq("0") == 0
+    assert parse_seq("9" * 15) == 10**15 - 1
+    assert parse_event_id("0123abcd:42") == ("0123abcd", 42)
+    for bad in (":1", "a:b:1", "x" * 200 + ":1", "\u00e9:1", "a/b:1", "a\x00:1", "1"):
+        assert parse_event_id(bad) is None, bad
+
+
+@pytest.mark.parametrize("body", [
+    {"link": "\ud800"}, {"provider": "gh", "spec": "\ud800/x/HEAD"},
+    {"provider": "\udfff", "spec": "a/b/c"}, {"provider": "gh", "spec": "org/repo/" + "9" * 3000},
+    {"link": "https://github.com/org/repo\n"}, {"provider": "gh", "spec": "org/re\x00po/HEAD"},
+    {"link": 1}, {"provider": "gh", "spec": ["org/repo/HEAD"]}, {"provider": 7, "spec": "a"},
+])
+def test_launch_bodies_the_store_could_not_keep_are_bad_links(body: dict[str, object]) -> None:
+    registry = ProviderRegistry(Settings(), httpx.Client(transport=httpx.MockTransport(
+        closed_network)))
+    with pytest.raises(BadLink) as caught:
+        launch_request(body, registry=registry, launch_host="http://127.0.0.1:8585/")
+    assert caught.value.status_code == 400 and caught.value.user_message().strip()
+
+
+def test_events_after_a_huge_number_is_a_bad_link_not_an_overflow(tmp_path: Path) -> None:
+    db = Database(tmp_path / "db.sqlite3")
+    store, events = SqliteStore(db), SqliteEventLog(db)
+    store.create_launch("abc", "gh", "org/repo/HEAD", 0.0)
+    assert events_document(store, events, "abc", "0") == {"events": []}
+    for after in ("9223372036854775808", "9" * 5000, "²"):
+        with pytest.raises(BadLink):
+            events_document(store, events, "abc", after)
+    with pytest.raises(LaunchNotFound):
+        events_document(store, events, "x" * 5000, "0")
+    with pytest.raises(LaunchNotFound):
+        status_document(store, "\u00e9" * 300)

@@ -24,7 +24,7 @@ import hmac
 import html
 import logging
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import httpx
 from aiohttp import web
@@ -38,6 +38,7 @@ from ..identity import (
     load_or_create_secret,
 )
 from ..oidc import OidcClient, PendingSignIn
+from ..origins import OriginPolicy
 from ..projects import ProjectService
 from ..redirects import safe_next
 from ..service import LaunchService
@@ -67,6 +68,7 @@ class Accounts:
         self.settings = service.settings
         self.site_dir = site_dir
         self.method = self.settings.sign_in_method
+        self.policy = OriginPolicy.from_settings(self.settings)
         self.signer = signer
         self.oidc = oidc
         self.projects = ProjectService(service)
@@ -115,15 +117,9 @@ class Accounts:
         return identity
 
     def _same_origin(self, request: web.Request) -> bool:
-        """Whether a state-changing request comes from this server's own pages."""
-        origin = request.headers.get("Origin")
-        if origin is None:
-            return request.headers.get("Sec-Fetch-Site", "same-origin") in (
-                "same-origin", "none")
-        hosts = {request.host}
-        if self.settings.public_url:
-            hosts.add(urlsplit(self.settings.public_url).netloc)
-        return urlsplit(origin).netloc in hosts
+        """Whether a state-changing request comes from this server's own pages (or from no
+        page at all: the command line)."""
+        return self.policy.page_origin(request.headers, request.scheme, request.host) is None
 
     def _secure(self, request: web.Request) -> bool:
         return request.scheme == "https" or self.settings.public_url.startswith("https://")
@@ -178,7 +174,11 @@ class Accounts:
         if action == "login" and request.method == "POST" and self.method == "local":
             if not self._same_origin(request):
                 raise AccessDenied("This sign-in came from another site.")
-            form = await request.post()
+            try:
+                form = await request.post()
+            except (ValueError, AssertionError) as exc:  # a form no browser sends
+                raise BadLink("This sign-in form could not be read.",
+                              hint="Sign in from the sign-in page.") from exc
             return self._signed_in(request, self._local_identity(),
                                    _safe_next(str(form.get("next", ""))))
         if action == "callback" and request.method == "GET" and self.oidc is not None:

@@ -16,7 +16,9 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..api import (
     Check,
@@ -160,6 +162,10 @@ class BinderlessServer:
         if not found:
             return web.Response(status=404, text=self._not_found_page(), content_type="text/html")
         ctype = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        if ctype.startswith("text/") or ctype in ("image/svg+xml", "application/json"):
+            # The site's files are UTF-8; a page without its own charset (the session
+            # banner's script inside a Jupyter page) must not read them as Latin-1.
+            ctype += "; charset=utf-8"
         headers = {"Cache-Control": "no-cache"}
         if target.suffix == ".svg":
             headers.update(CORS)
@@ -393,6 +399,33 @@ async def no_tracebacks(request: web.Request, handler: Handler) -> web.StreamRes
                         "failing, report it to the operators of this server."}, status=500)
 
 
+#: Errors a client causes (a malformed request, a connection it dropped): normal traffic
+#: for a server on the internet, worth one quiet line, never an ERROR with a traceback.
+CLIENT_FAULTS: tuple[type[BaseException], ...] = (
+    HttpProcessingError, ConnectionResetError, ConnectionAbortedError, BrokenPipeError,
+    aiohttp.ClientConnectionResetError)
+
+
+class QuietClientFaults(logging.Filter):
+    """Turns aiohttp's tracebacks for client faults into one INFO line each."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, CLIENT_FAULTS):
+            reason = getattr(error, "message", "") or str(error) or type(error).__name__
+            record.msg, record.args = "client error: %s", (reason.splitlines()[0][:200],)
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def quiet_client_faults() -> None:
+    """Install ``QuietClientFaults`` on aiohttp's server logger (once)."""
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, QuietClientFaults) for f in server_log.filters):
+        server_log.addFilter(QuietClientFaults())
+
+
 @web.middleware
 async def known_hosts(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Answer only requests naming this server (DNS rebinding: see ``origins.py``)."""
@@ -408,6 +441,7 @@ async def known_hosts(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 def create_app(service: LaunchService, site_dir: Path = SITE_DIR) -> web.Application:
+    quiet_client_faults()
     server = BinderlessServer(service, site_dir)
     # Bodies binderless reads itself are small; the session proxy streams (and limits)
     # its own.

@@ -19,11 +19,12 @@
   bar.id = "binderless-banner";
   bar.setAttribute("role", "status");
   bar.setAttribute("aria-live", "polite");
-  bar.hidden = true;
+  // Inline styles beat the page's CSS (JupyterLab's) and the browser's own [hidden] rule
+  // alike, so visibility is set here, in one place (show), never through `hidden`.
   bar.style.cssText = [
     "position:fixed", "z-index:2147483647", "left:50%", "bottom:12px",
     "transform:translateX(-50%)", "max-width:min(44rem,calc(100vw - 24px))",
-    "display:flex", "flex-wrap:wrap", "align-items:center", "gap:8px 12px",
+    "display:none", "flex-wrap:wrap", "align-items:center", "gap:8px 12px",
     "padding:10px 14px", "border-radius:10px", "border:1px solid #f0cf8a",
     "background:#fff7e6", "color:#3b2a00", "box-shadow:0 4px 16px rgb(16 22 28 / 20%)",
     "font:14px/1.4 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif",
@@ -42,6 +43,12 @@
   projects.target = "_blank";
   styleButton(projects, false);
   bar.append(text, keep, download, projects);
+
+  /** Show or hide the bar, and each of its parts ([node, visible] pairs). */
+  function show(visible, ...parts) {
+    bar.style.display = visible ? "flex" : "none";
+    for (const [node, on] of parts) node.style.display = on ? "" : "none";
+  }
 
   function button(label, id) {
     const node = document.createElement("button");
@@ -69,9 +76,7 @@
   function render() {
     if (!status) return;
     if (stopped) {
-      bar.hidden = false;
-      keep.hidden = download.hidden = true;
-      projects.hidden = !status.signed_in;
+      show(true, [keep, false], [download, false], [projects, status.signed_in]);
       text.textContent = status.persistent
         ? "This session has stopped. Your files are kept: open the repository's link again, "
           + "or your projects page, to carry on."
@@ -83,10 +88,9 @@
     const age = status.age_seconds_left - elapsed;
     const left = Math.min(idle, age);
     if (left > status.warning_seconds) {
-      bar.hidden = true;
+      show(false);
       return;
     }
-    bar.hidden = false;
     const byAge = age <= idle;
     let message = byAge
       ? `This session reaches its time limit in ${clock(left)}.`
@@ -96,10 +100,8 @@
       ? ` Your files are kept in your project “${status.project}”.`
       : " Its files will be gone then.";
     text.textContent = message;
-    keep.hidden = byAge;
-    download.hidden = status.persistent;
     download.href = status.download_url;
-    projects.hidden = !status.signed_in;
+    show(true, [keep, !byAge], [download, !status.persistent], [projects, status.signed_in]);
   }
 
   async function poll(method = "GET", action = "status") {
