@@ -49,14 +49,32 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--spawner", choices=["local", "docker"],
                    help="local (default: Jupyter processes) or docker (containers)")
     p.add_argument("--allow-local-paths", choices=["yes", "no"],
-                   help="launch local folders and file:// URLs (default: yes when listening "
-                   "on 127.0.0.1, no otherwise, since anyone reaching the port could read "
-                   "your files)")
+                   help="launch local folders and file:// URLs (default yes; always no when "
+                   "listening beyond 127.0.0.1 or with --public-url, since anyone reaching "
+                   "the server could read your files)")
+    p.add_argument("--allowed-host", action="append", dest="allowed_hosts", metavar="NAME",
+                   help="also answer requests for this Host name (repeatable; * for any). "
+                   "By default only the listen address, its loopback names and the public "
+                   "URL's host are answered, which keeps DNS-rebinding pages out")
+    p.add_argument("--allow-origin", action="append", dest="allow_origins", metavar="ORIGIN",
+                   help="let pages of this origin (https://site.example, or *) launch and use "
+                   "sessions, as thebe and live code cells do (repeatable). Default: none on a "
+                   "local server whose sessions run as you; every origin where sessions are "
+                   "isolated (--spawner docker, per-session users)")
+    p.add_argument("--session-isolation", choices=["auto", "uids", "off"],
+                   help="run each session under a user id of its own (uids; needs root), or as "
+                   "you (off). Default auto: own user ids as soon as more than one person can "
+                   "use the server (listening beyond 127.0.0.1, --public-url, or OIDC sign-in)")
     p.add_argument("--cull-idle", type=float, dest="cull_idle_seconds", metavar="SECONDS",
                    help="stop sessions idle this long (default 600)")
     p.add_argument("--max-age", type=float, dest="max_age_seconds", metavar="SECONDS",
                    help="stop sessions older than this (default 21600, six hours)")
     p.add_argument("--max-sessions", type=int, help="sessions running at once (default 20)")
+    p.add_argument("--max-concurrent-builds", type=int, metavar="N",
+                   help="environments built at once (default 2); later launches queue and "
+                   "are told their place")
+    p.add_argument("--max-concurrent-starts", type=int, metavar="N",
+                   help="Jupyter servers starting at once (default 4)")
     p.add_argument("--keep-sessions", action="store_true", default=None,
                    dest="keep_sessions_on_exit",
                    help="leave sessions running on exit; the next serve adopts them")
@@ -203,12 +221,13 @@ async def _serve(args: argparse.Namespace) -> int:
 
     overrides = {k: getattr(args, k, None) for k in (
         "host", "port", "state_dir", "public_url", "builder", "spawner", "cull_idle_seconds",
-        "max_age_seconds", "max_sessions", "keep_sessions_on_exit")}
+        "max_age_seconds", "max_sessions", "keep_sessions_on_exit", "session_isolation",
+        "max_concurrent_builds", "max_concurrent_starts")}
+    for name in ("allowed_hosts", "allow_origins"):
+        if getattr(args, name):
+            overrides[name] = tuple(getattr(args, name))
     if args.allow_local_paths is not None:
         overrides["allow_local_paths"] = args.allow_local_paths == "yes"
-    elif "BINDERLESS_ALLOW_LOCAL_PATHS" not in os.environ:
-        host = args.host or os.environ.get("BINDERLESS_HOST", "127.0.0.1")
-        overrides["allow_local_paths"] = host in ("127.0.0.1", "localhost", "::1")
     try:
         settings = load_settings(os.environ, **overrides)
     except ValueError as exc:
@@ -223,20 +242,16 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 async def _run_server(service: LaunchService, *, demo: bool) -> int:
-    from aiohttp import web
-
     from .server import create_app
     from .server.app import SITE_DIR
+    from .server.connections import start_listener
 
     settings = service.settings
     site_dir = Path(settings.site_dir) if settings.site_dir else SITE_DIR
-    runner = web.AppRunner(create_app(service, site_dir), access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, shutdown_timeout=2.0)
     try:
-        await site.start()
+        # Connection limits, timeouts and a quiet accept loop: see server/connections.py.
+        listener = await start_listener(create_app(service, site_dir), settings)
     except OSError as exc:
-        await runner.cleanup()
         print(f"binderless: cannot listen on {settings.host}:{settings.port}: {exc.strerror}. "
               "Is another server running there? Choose another with --port.", file=sys.stderr)
         return 1
@@ -255,7 +270,7 @@ async def _run_server(service: LaunchService, *, demo: bool) -> int:
     await stop.wait()
     print("Stopping" + ("" if settings.keep_sessions_on_exit else " (and its sessions)") + "...",
           flush=True)
-    await runner.cleanup()
+    await listener.close()
     if example is not None and not example.done():
         example.cancel()
     return 0

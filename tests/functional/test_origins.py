@@ -130,7 +130,7 @@ def test_a_server_behind_a_public_url_drops_the_local_machine_defaults(make_serv
         _, events = sse(base, LOCAL_ETC, Host="binder.example.org")
         assert events[-1]["phase"] == "failed"
         assert "does not launch local paths" in str(events[-1]["message"])
-    with pytest.raises(ValueError, match="only for a server on 127.0.0.1"):
+    with pytest.raises(ValueError, match=r"only for a server on 127\.0\.0\.1"):
         Settings(public_url="https://binder.example.org", sign_in="local").validate()
 
 

@@ -8,6 +8,12 @@ for publishers' pages (thebe). Paths are forwarded raw, ``%2F`` and all.
 A session launched by a signed-in person (``Route.owner``) answers only that person:
 anyone else gets 403, token or not. ``/user/<id>/.binderless/...`` is binderless's own
 (``session_tools``), and Jupyter's pages get the countdown banner's script.
+
+Sessions never wait for each other: the client to sessions' servers has no connection
+cap (aiohttp's default of 100 let 100 WebSockets to one session freeze every other).
+Bodies sent to a session are limited (``max_upload_bytes``, 413 beyond it), and a
+proxied WebSocket is pinged at both ends every ``ping_seconds`` so that idle kernels
+survive proxies that cut silent connections (CloudFront: 10 minutes).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -26,7 +32,7 @@ from ..backends.protocols import Route
 from ..identity import IDENTITY_COOKIE
 from .session_tools import MAX_PAGE_BYTES, PREFIX, SessionTools, inject_banner, wants_banner
 
-__all__ = ["SessionProxy", "cookie_name"]
+__all__ = ["SessionProxy", "cookie_name", "tokens_match"]
 
 log = logging.getLogger("binderless.proxy")
 
@@ -35,6 +41,12 @@ HOP_BY_HOP = {
     "transfer-encoding", "upgrade", "host", "content-length",
 }
 
+
+#: Set by the proxy itself, never passed on from the client.
+FORWARDED = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+
+#: Answers up to this size are read whole and sent in one write, not streamed.
+WHOLE_BODY_BYTES = 256 * 1024
 
 #: binderless's own cookies (the sign-in, the session tokens): a session never sets them.
 PRIVATE_PREFIX = "binderless-"
@@ -49,6 +61,25 @@ def private_cookies_removed(header: str) -> str:
     kept = [part for part in header.split(";")
             if not part.strip().startswith((IDENTITY_COOKIE + "=", "binderless-signin="))]
     return ";".join(kept).strip()
+
+
+def tokens_match(presented: str, expected: str) -> bool:
+    """Constant-time comparison that any presented value survives: ``compare_digest``
+    raises ``TypeError`` on non-ASCII ``str`` (a hostile ``?token=``), so compare bytes."""
+    return hmac.compare_digest(presented.encode("utf-8", "surrogateescape"),
+                               expected.encode("utf-8", "surrogateescape"))
+
+
+class BodyTooLarge(Exception):
+    """A request body passed the limit on its way to a session."""
+
+
+def _too_large(limit: int) -> web.Response:
+    response = web.json_response(
+        {"message": f"The request body is larger than this server accepts for a session "
+                    f"({limit} bytes)."}, status=413)
+    response.force_close()  # do not read the rest of a body nobody wants
+    return response
 
 
 def _presented_token(request: web.Request, session_id: str) -> str:
@@ -69,12 +100,16 @@ class RouteCache:
     requests, so the gateway keeps routes briefly; a session stopped in the meantime is
     answered from the cache until its entry expires (its server no longer answers: 502),
     or at once when a forward to it fails (``forget``). Unknown sessions are not kept.
-    Lookups run in a worker thread, off the event loop."""
+    Lookups run in a worker thread, off the event loop, unless ``in_thread`` is false:
+    the local store's lookup is one indexed SQLite read, far cheaper than a thread hop
+    on every proxied request."""
 
     def __init__(self, lookup: Callable[[str], Route], ttl: float = 0.0, *,
-                 clock: Callable[[], float] = time.monotonic, size: int = 10_000) -> None:
+                 clock: Callable[[], float] = time.monotonic, size: int = 10_000,
+                 in_thread: bool = True) -> None:
         self.lookup = lookup
         self.ttl = ttl
+        self.in_thread = in_thread
         self.clock = clock
         self.size = size
         self._routes: dict[str, tuple[float, Route]] = {}
@@ -84,7 +119,10 @@ class RouteCache:
         kept = self._routes.get(session_id)
         if kept is not None and self.clock() - kept[0] < self.ttl:
             return kept[1]
-        route = await asyncio.to_thread(self.lookup, session_id)
+        if self.in_thread:
+            route = await asyncio.to_thread(self.lookup, session_id)
+        else:
+            route = self.lookup(session_id)
         if self.ttl > 0:
             if len(self._routes) >= self.size:
                 self._routes.clear()
@@ -98,10 +136,16 @@ class RouteCache:
 class SessionProxy:
     def __init__(self, lookup: Callable[[str], Route], on_activity: Callable[[str], None], *,
                  identify: Callable[[web.Request], str] | None = None,
-                 tools: SessionTools | None = None, route_ttl: float = 0.0) -> None:
+                 tools: SessionTools | None = None, route_ttl: float = 0.0,
+                 lookup_in_thread: bool = True, max_upload_bytes: int = 512 * 1024 * 1024,
+                 ping_seconds: float = 30.0) -> None:
         """``identify(request)`` is the signed-in user id of the request ("" if none);
-        routes are kept ``route_ttl`` seconds (see ``RouteCache``)."""
-        self.routes = RouteCache(lookup, route_ttl)
+        routes are kept ``route_ttl`` seconds and looked up in a worker thread unless
+        ``lookup_in_thread`` is false (see ``RouteCache``). Bodies larger than
+        ``max_upload_bytes`` are refused; WebSockets are pinged every ``ping_seconds``."""
+        self.routes = RouteCache(lookup, route_ttl, in_thread=lookup_in_thread)
+        self.max_upload_bytes = max_upload_bytes
+        self.ping_seconds = ping_seconds
         self.on_activity = on_activity
         self.identify = identify
         self.tools = tools
@@ -116,7 +160,10 @@ class SessionProxy:
     @property
     def client(self) -> aiohttp.ClientSession:
         if self._client is None:
+            # limit=0: no cap shared between sessions (one session's WebSockets must
+            # never hold another's requests); the server caps client connections instead.
             self._client = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
                 auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
             )
@@ -129,7 +176,7 @@ class SessionProxy:
                 {"message": "This session belongs to someone else. If it is yours, sign in "
                             "as the person who launched it."}, status=403)
         presented = _presented_token(request, session_id)
-        authorised = bool(presented) and hmac.compare_digest(presented, route.token)
+        authorised = bool(presented) and tokens_match(presented, route.token)
         if not authorised and request.method != "OPTIONS":
             return web.json_response(
                 {"message": "This session needs its token: open the link the launch page gave "
@@ -150,21 +197,39 @@ class SessionProxy:
         return await self._http(request, upstream, session_id, cookie, banner)
 
     def _forward_headers(self, request: web.Request) -> dict[str, str]:
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        if "Cookie" in headers:
-            # The sign-in is binderless's: a session's server (the repository's code)
-            # never sees it, so it cannot take it elsewhere.
-            headers["Cookie"] = private_cookies_removed(headers["Cookie"])
-            if not headers["Cookie"]:
-                del headers["Cookie"]
+        headers: dict[str, str] = {}
+        # Header names compared in lower case: a client's "cookie:" is a Cookie too.
+        for key, value in request.headers.items():
+            lower = key.lower()
+            if lower in HOP_BY_HOP or lower in FORWARDED:
+                continue
+            if lower == "cookie" and "binderless-" in value:
+                # The sign-in is binderless's: a session's server (the repository's code)
+                # never sees it, so it cannot take it elsewhere.
+                value = private_cookies_removed(value)
+                if not value:
+                    continue
+            headers[key] = value
         headers["X-Forwarded-For"] = request.remote or ""
         headers["X-Forwarded-Proto"] = request.scheme
         headers["X-Forwarded-Host"] = request.host
         return headers
 
+    async def _limited(self, body: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+        """``body`` as it arrives, cut off once it passes ``max_upload_bytes``."""
+        seen = 0
+        async for chunk in body.iter_any():
+            seen += len(chunk)
+            if seen > self.max_upload_bytes:
+                raise BodyTooLarge
+            yield chunk
+
     async def _http(self, request: web.Request, upstream: URL, session_id: str,
                     cookie: str, banner: bool = False) -> web.StreamResponse:
-        body = request.content if request.body_exists else None
+        length = request.content_length
+        if length is not None and length > self.max_upload_bytes:
+            return _too_large(self.max_upload_bytes)
+        body = self._limited(request.content) if request.body_exists else None
         headers = self._forward_headers(request)
         if banner:  # the page is changed on its way: it must come uncompressed
             headers = {k: v for k, v in headers.items() if k.lower() != "accept-encoding"}
@@ -174,15 +239,25 @@ class SessionProxy:
                 request.method, upstream, headers=headers, data=body,
                 allow_redirects=False,
             )
+        except BodyTooLarge:
+            return _too_large(self.max_upload_bytes)
         except aiohttp.ClientError as exc:
+            if isinstance(exc.__cause__, BodyTooLarge) or isinstance(exc.__context__,
+                                                                     BodyTooLarge):
+                return _too_large(self.max_upload_bytes)
             log.info("session upstream failed: %s", exc)
             self.routes.forget(session_id)
             return web.json_response(
                 {"message": "The session's server is not answering. It may have stopped; "
                             "launch the repository again."}, status=502)
         async with upstream_response:
-            response = web.StreamResponse(status=upstream_response.status,
-                                          reason=upstream_response.reason)
+            # Most answers (API calls, small files) are read whole and sent with their
+            # headers in one write; the rest stream through.
+            length = upstream_response.content_length
+            whole = (length is not None and length <= WHOLE_BODY_BYTES and not banner
+                     and request.method != "HEAD" and upstream_response.status not in (204, 304))
+            response = (web.Response if whole else web.StreamResponse)(
+                status=upstream_response.status, reason=upstream_response.reason)
             # Keep repeated headers (Set-Cookie) intact.
             for key, value in upstream_response.headers.items():
                 if key.lower() in HOP_BY_HOP:
@@ -194,29 +269,46 @@ class SessionProxy:
                 # Set before prepare(): once the headers are sent, a cookie is lost.
                 response.set_cookie(cookie_name(session_id), cookie, path=f"/user/{session_id}/",
                                     httponly=True, samesite="Lax")
-            page = b""
-            if banner and upstream_response.status == 200 and \
-                    upstream_response.content_type == "text/html" and \
-                    upstream_response.headers.get("Content-Encoding", "identity") == "identity":
-                while len(page) <= MAX_PAGE_BYTES and (
-                        chunk := await upstream_response.content.readany()):
-                    page += chunk
-                if len(page) <= MAX_PAGE_BYTES:
-                    page = inject_banner(page, session_id)
-                    response.content_length = len(page)
-                    await response.prepare(request)
-                    await response.write(page)
-                    await response.write_eof()
-                    return response
-            if upstream_response.headers.get("Content-Length") is not None:
-                response.content_length = int(upstream_response.headers["Content-Length"])
-            await response.prepare(request)
-            if page:
+            if isinstance(response, web.Response):
+                try:
+                    response.body = await upstream_response.read()
+                except aiohttp.ClientError as exc:
+                    log.info("session upstream failed mid-answer: %s", exc)
+                    return web.json_response(
+                        {"message": "The session's server stopped answering."}, status=502)
+                return response
+            try:
+                await self._copy_body(request, upstream_response, response, session_id,
+                                      banner)
+            except ConnectionResetError:
+                # The browser went away (a closed tab, a cancelled download): normal.
+                log.debug("client left during %s %s", request.method, request.path)
+        return response
+
+    async def _copy_body(self, request: web.Request, upstream_response: aiohttp.ClientResponse,
+                         response: web.StreamResponse, session_id: str, banner: bool) -> None:
+        page = b""
+        if banner and upstream_response.status == 200 and \
+                upstream_response.content_type == "text/html" and \
+                upstream_response.headers.get("Content-Encoding", "identity") == "identity":
+            while len(page) <= MAX_PAGE_BYTES and (
+                    chunk := await upstream_response.content.readany()):
+                page += chunk
+            if len(page) <= MAX_PAGE_BYTES:
+                page = inject_banner(page, session_id)
+                response.content_length = len(page)
+                await response.prepare(request)
                 await response.write(page)
-            async for chunk in upstream_response.content.iter_any():
-                await response.write(chunk)
-            await response.write_eof()
-            return response
+                await response.write_eof()
+                return
+        if upstream_response.headers.get("Content-Length") is not None:
+            response.content_length = int(upstream_response.headers["Content-Length"])
+        await response.prepare(request)
+        if page:
+            await response.write(page)
+        async for chunk in upstream_response.content.iter_any():
+            await response.write(chunk)
+        await response.write_eof()
 
     async def _websocket(self, request: web.Request, upstream: URL,
                          session_id: str) -> web.StreamResponse:
@@ -227,7 +319,7 @@ class SessionProxy:
         try:
             upstream_ws = await self.client.ws_connect(
                 upstream.with_scheme("ws"), headers=headers, protocols=protocols,
-                max_msg_size=0, autoping=True,
+                max_msg_size=0, autoping=True, heartbeat=self.ping_seconds,
             )
         except aiohttp.ClientResponseError as exc:
             return web.json_response({"message": f"The session refused the connection ({exc.status})."},
@@ -238,19 +330,27 @@ class SessionProxy:
                 {"message": "The session's server is not answering. Launch the repository again."},
                 status=502)
         client_ws = web.WebSocketResponse(protocols=[upstream_ws.protocol] if upstream_ws.protocol
-                                          else (), max_msg_size=0, autoping=True)
-        await client_ws.prepare(request)
+                                          else (), max_msg_size=0, autoping=True,
+                                          heartbeat=self.ping_seconds)
+        try:
+            await client_ws.prepare(request)
+        except ConnectionResetError:
+            await upstream_ws.close()
+            return client_ws
 
         async def pump(source: aiohttp.ClientWebSocketResponse | web.WebSocketResponse,
                        sink: aiohttp.ClientWebSocketResponse | web.WebSocketResponse) -> None:
-            async for message in source:
-                self.on_activity(session_id)
-                if message.type == WSMsgType.TEXT:
-                    await sink.send_str(message.data)
-                elif message.type == WSMsgType.BINARY:
-                    await sink.send_bytes(message.data)
-                else:
-                    break
+            try:
+                async for message in source:
+                    self.on_activity(session_id)
+                    if message.type == WSMsgType.TEXT:
+                        await sink.send_str(message.data)
+                    elif message.type == WSMsgType.BINARY:
+                        await sink.send_bytes(message.data)
+                    else:
+                        break
+            except ConnectionResetError:
+                pass  # one end went away: close the other
             await sink.close()
 
         tasks = [asyncio.create_task(pump(client_ws, upstream_ws)),
