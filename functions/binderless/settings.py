@@ -49,6 +49,10 @@ class Settings:
     max_concurrent_builds: int = 2
     max_concurrent_starts: int = 4
     keep_sessions_on_exit: bool = False
+    #: The store is asked whether it answers this often (off the request path); ``/ready``
+    #: fails once it has not answered for the grace period, ``/health`` never does.
+    store_probe_seconds: float = 10.0
+    store_outage_grace_seconds: float = 60.0
     # Event stream
     keepalive_seconds: float = 20.0
     final_linger_seconds: float = 60.0
@@ -215,7 +219,8 @@ class Settings:
                      "download_max_bytes", "launch_lease_seconds", "max_concurrent_builds",
                      "max_concurrent_starts", "max_body_bytes", "max_upload_bytes",
                      "idle_connection_seconds", "header_timeout_seconds",
-                     "websocket_ping_seconds"):
+                     "websocket_ping_seconds", "store_probe_seconds",
+                     "store_outage_grace_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be a positive number")
         if self.max_connections < 0:

@@ -42,6 +42,7 @@ from ..links import legacy_redirect, split_launch_path
 from ..origins import OriginPolicy, names_local_path
 from ..service import LaunchRequest, LaunchService
 from .accounts import Accounts
+from .health import StoreWatch
 from .proxy import SessionProxy
 from .session_tools import SessionTools
 
@@ -101,6 +102,10 @@ class BinderlessServer:
                                   ping_seconds=self.settings.websocket_ping_seconds)
         self._culler: asyncio.Task[None] | None = None
         self._launch_keys = RecentKeys()
+        self.store_watch = StoreWatch(service.store.count_active,
+                                      interval=self.settings.store_probe_seconds,
+                                      grace=self.settings.store_outage_grace_seconds)
+        self._store_probe: asyncio.Task[None] | None = None
 
     # ----- dispatch ----------------------------------------------------------------------
 
@@ -139,7 +144,7 @@ class BinderlessServer:
             if path.startswith("/repo/"):
                 raise web.HTTPFound(legacy_redirect(path))
             simple: dict[str, Callable[[], web.StreamResponse]] = {
-                "/versions": self.versions, "/health": self.health,
+                "/versions": self.versions, "/health": self.health, "/ready": self.ready,
                 "/api/repoproviders": self.repoproviders, "/metrics": self.metrics,
             }
             if path in simple:
@@ -194,13 +199,20 @@ class BinderlessServer:
         return web.json_response(versions_document(self.settings), headers=CORS)
 
     def health(self) -> web.Response:
-        checks: list[Check] = []
-        try:
-            self.service.store.count_active()
-            checks.append({"service": "store", "ok": True})
-        except Exception as exc:  # a health check reports, it does not raise
-            checks.append({"service": "store", "ok": False, "message": str(exc)})
-        checks.append({"service": "site", "ok": (self.site_dir / "loading.html").is_file()})
+        """Liveness: this process serves (answering at all shows its event loop runs) and
+        has its pages. The store's state is reported, never waited for (``health.py``)."""
+        checks: list[Check] = [
+            {"service": "process", "ok": True},
+            {"service": "site", "ok": (self.site_dir / "loading.html").is_file()}]
+        document, status = health_document(checks)
+        document["store"] = self.store_watch.report()
+        return web.json_response(document, status=status, headers=CORS)
+
+    def ready(self) -> web.Response:
+        """Readiness: the store answered within its grace period, and the pages are here."""
+        checks: list[Check] = [
+            self.store_watch.report(),
+            {"service": "site", "ok": (self.site_dir / "loading.html").is_file()}]
         document, status = health_document(checks)
         return web.json_response(document, status=status, headers=CORS)
 
@@ -374,11 +386,14 @@ class BinderlessServer:
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         await self.service.open()
+        await self.store_watch.check_once()
+        self._store_probe = asyncio.create_task(self.store_watch.run())
         self._culler = asyncio.create_task(self.service.run_culler())
         yield
-        self._culler.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._culler
+        for task in (self._culler, self._store_probe):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.proxy.close()
         await self.accounts.close()
         await self.service.close()
