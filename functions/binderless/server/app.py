@@ -27,7 +27,7 @@ from ..api import (
     repoproviders_document,
     versions_document,
 )
-from ..errors import AccessDenied, BadLink, BinderlessError
+from ..errors import AccessDenied, BadLink, BinderlessError, SessionNotFound
 from ..estimate import launch_estimate
 from ..events import KEEPALIVE, event_from_error, sse_frame
 from ..launches import (
@@ -43,6 +43,7 @@ from ..origins import OriginPolicy, names_local_path
 from ..service import LaunchRequest, LaunchService
 from .accounts import Accounts
 from .health import StoreWatch
+from .pages import message_page, wants_page
 from .proxy import SessionProxy
 from .session_tools import SessionTools
 
@@ -121,7 +122,12 @@ class BinderlessServer:
                 if origin is not None and not self.policy.origin_allowed(origin):
                     raise cross_site_refusal(origin)
                 session_id = path.split("/")[2]
-                return await self.proxy.handle(request, session_id)
+                try:
+                    return await self.proxy.handle(request, session_id)
+                except SessionNotFound:
+                    if not wants_page(request):
+                        raise
+                    return await self.session_gone_page(session_id)
             if self.accounts.handles(path):
                 return await self.accounts.handle(request, path)
             if request.method == "OPTIONS":
@@ -165,7 +171,8 @@ class BinderlessServer:
         except (OSError, ValueError):  # a name too long for the file system, a NUL byte
             found = False
         if not found:
-            return web.Response(status=404, text=self._not_found_page(), content_type="text/html")
+            return message_page("Nothing here", ["There is nothing at this address."],
+                                [("Launch a repository", "/")], status=404)
         ctype = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
         if ctype.startswith("text/") or ctype in ("image/svg+xml", "application/json"):
             # The site's files are UTF-8; a page without its own charset (the session
@@ -176,9 +183,32 @@ class BinderlessServer:
             headers.update(CORS)
         return web.FileResponse(target, headers={**headers, "Content-Type": ctype})
 
-    def _not_found_page(self) -> str:
-        return ("<!doctype html><title>Not found</title><h1>Not found</h1>"
-                "<p>There is nothing at this address. <a href='/'>Launch a repository</a>.</p>")
+    async def session_gone_page(self, session_id: str) -> web.Response:
+        """What a person sees at a session's address once it has stopped: why, and a button
+        that launches the same link again (a new session, from the start)."""
+        def find() -> tuple[str, str]:
+            try:
+                record = self.service.store.get_session(session_id)
+            except BinderlessError:
+                return "", ""
+            launch = self.service.store.get_launch(record.launch_id) or {}
+            link = f"/v2/{launch['provider']}/{launch['spec']}" if launch.get("provider") else ""
+            return record.stop_reason or "", link
+
+        reason, link = ("", "") if not re.fullmatch(r"[0-9a-f]{1,64}", session_id) else \
+            await asyncio.to_thread(find)
+        actions = ([("Launch it again", link)] if link else []) + [("Home", "/")]
+        if not link and not reason:
+            return message_page("No session here", [
+                "There is no session at this address. It may have ended long ago, or the "
+                "link is mistyped."], [("Launch a repository", "/")], status=404)
+        why = {"idle": "it was idle for too long", "maximum age reached": "it reached its time "
+               "limit", "server stopped": "the server it ran on stopped"}.get(reason, "")
+        return message_page("This session has stopped", [
+            "This session is not running any more" + (f": {why}." if why else "."),
+            "Files you changed in it are gone unless you downloaded them or saved them in a "
+            "project (signed-in people keep their projects). Launching again starts a new "
+            "session from the repository."], actions, status=404)
 
     def loading_page(self, path: str) -> web.Response:
         try:
