@@ -18,7 +18,7 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -34,6 +34,7 @@ from .backends.protocols import (
     ImageRef,
     Observer,
     ProjectMount,
+    Reservation,
     Route,
     RouteTable,
     SessionHandle,
@@ -49,9 +50,10 @@ from .phases import Phase, advance
 from .policy import quota_for
 from .providers import ProviderRegistry, ResolvedRepo
 from .settings import Settings
+from .slots import Slots
 from .workspaces import Workspaces
 
-__all__ = ["LaunchRequest", "LaunchService", "record_launch"]
+__all__ = ["LaunchRequest", "LaunchService", "queue_message", "record_launch"]
 
 log = logging.getLogger("binderless.service")
 
@@ -65,6 +67,9 @@ ACTIVITY_FLUSH_SECONDS = 60.0
 #: A launch created through the REST API is driven by the gateway its stream is asked of;
 #: when no stream is asked for this long, a gateway's reconciler drives it.
 UNSTREAMED_GRACE_SECONDS = 10.0
+#: A session record still ``starting`` although its launch ended is stopped by the
+#: reconciler once it is this old (index listings lag behind writes).
+LEFTOVER_GRACE_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,12 @@ class LaunchService:
         #: Told how launches and builds end (metrics); see ``Observer``.
         self.observer: Observer = NO_OBSERVER
         self._began: dict[str, tuple[float, bool]] = {}  # launch -> (start, waited for a build)
+        # Builds and server starts run on this machine in the local mode: past the caps,
+        # launches queue. On AWS they run in CodeBuild and Fargate, bounded by the quotas.
+        self._build_slots = Slots(settings.max_concurrent_builds) if self.owns_state else None
+        self._start_slots = Slots(settings.max_concurrent_starts) if self.owns_state else None
+        self._queued_builds: set[str] = set()  # environment keys whose build awaits a slot
+        self._build_followers: dict[str, int] = {}  # key -> launches here following it
 
     # ----- lifecycle -------------------------------------------------------------------
 
@@ -231,7 +242,8 @@ class LaunchService:
     def cancel(self, launch_id: str) -> bool:
         """Stop a launch running in this process (its reader pressed Cancel); ``False``
         when none runs here. A build it started goes on: other launches may be following
-        it, and the next launch of the repository finds it built."""
+        it, and the next launch of the repository finds it built; unless the build still
+        waits for a slot and no other launch here follows it (it leaves the queue)."""
         for task in self._tasks:
             if task.get_name() == f"launch-{launch_id}" and not task.done():
                 self._cancelled.add(launch_id)
@@ -273,21 +285,18 @@ class LaunchService:
             await self._launch(launch_id, request, resumed=resumed)
         except asyncio.CancelledError:
             by_reader = launch_id in self._cancelled
-            self._fail(launch_id, LaunchFailed(
+            await self._abort(launch_id, LaunchFailed(
                 "The launch was cancelled." if by_reader
                 else "binderless stopped while this launch was in progress.",
-                hint="Launch the repository again."))
-            await self._discard_session(
-                launch_id, "launch cancelled" if by_reader else "launch interrupted")
+                hint="Launch the repository again."),
+                "launch cancelled" if by_reader else "launch interrupted")
             raise
         except BinderlessError as exc:
             log.info("launch %s failed: %s", launch_id, exc.message)
-            self._fail(launch_id, exc)
-            await self._discard_session(launch_id, "launch failed")
+            await self._abort(launch_id, exc, "launch failed")
         except Exception as exc:
             log.exception("launch %s crashed", launch_id)
-            self._fail(launch_id, exc)
-            await self._discard_session(launch_id, "launch failed")
+            await self._abort(launch_id, exc, "launch failed")
         finally:
             keeper.cancel()
             self._began.pop(launch_id, None)
@@ -309,16 +318,22 @@ class LaunchService:
         self.store.update_launch(launch_id, resolved_ref=repo.resolved_ref)
         for note in repo.notes:
             self.emit(launch_id, Phase.WAITING, note)
+        session_id = earlier.session_id if earlier is not None else secrets.token_hex(8)
+        token = earlier.token if earlier is not None else secrets.token_hex(32)
+        home = self.sessions_dir / session_id / "home"
+        # Before the reservation, so that its write carries it (see ``_session_of``).
+        self.store.update_launch(launch_id, session_id=session_id)
         if not request.build_only:
-            await asyncio.to_thread(self._check_quota, repo,
-                                    quota_for(self.settings, request.provider, request.spec))
             if request.owner and self.workspaces is not None:
                 self.workspaces.check_room(request.owner, repo.repo_url)
-
-        session_id = earlier.session_id if earlier is not None else secrets.token_hex(8)
+            if earlier is None:  # a launch taken over keeps the slot its session holds
+                await asyncio.to_thread(self._reserve, SessionRecord(
+                    session_id=session_id, launch_id=launch_id, owner=request.owner,
+                    repo_url=repo.repo_url, resolved_ref=repo.resolved_ref, image_key="",
+                    home=str(home), target="", token=token, backend_id="", status="starting",
+                    created_at=self.clock(), last_activity=self.clock(),
+                ), quota_for(self.settings, request.provider, request.spec))
         self._launch_sessions[launch_id] = session_id
-        self.store.update_launch(launch_id, session_id=session_id)
-        home = self.sessions_dir / session_id / "home"
         self.emit(launch_id, Phase.FETCHING,
                   f"Fetching {repo.repo_url} at {repo.resolved_ref[:12]}...\n")
         await self.fetcher.fetch(repo, home, lambda line: self.emit(launch_id, Phase.FETCHING, line))
@@ -333,27 +348,23 @@ class LaunchService:
 
         project = await self._open_project(launch_id, request, repo, home)
         self.emit(launch_id, Phase.LAUNCHING, "Launching server...\n")
-        token = earlier.token if earlier is not None else secrets.token_hex(32)
         base_url = f"/user/{session_id}/"
-        now = self.clock()
-        if earlier is None:
-            self.store.add_session(SessionRecord(
-                session_id=session_id, launch_id=launch_id, owner=request.owner,
-                repo_url=repo.repo_url, resolved_ref=repo.resolved_ref, image_key=image.key,
-                home=str(home), target="", token=token, backend_id="", status="starting",
-                created_at=now, last_activity=now,
-            ))
+        self.store.update_session(session_id, image_key=image.key)
         spec = SessionSpec(
             session_id=session_id, image=image, home=home, base_url=base_url, token=token,
             environment=self._binder_env(request, repo),
             start_script=plan.start, project=project, resume=earlier is not None,
         )
-        # The record must be stored before the server exists, or a crash now leaves a
-        # server nobody knows about.
-        await asyncio.to_thread(self.store.flush, launch_id)
-        handle = await self.spawner.start(spec, lambda line: self.emit(launch_id, Phase.LAUNCHING, line))
-        self.store.update_session(session_id, backend_id=handle.backend_id, target=handle.target)
-        await self._wait_ready(handle, base_url, token)
+        async with self._slot(self._start_slots, launch_id, "start"):
+            # No flush is needed first: the session's record (and its launch's, with the
+            # session id) went to the store with the reservation, so a crash from now on
+            # leaves records to clean up after (a launch taken over finds its server, the
+            # reconciler stops an orphan). The rest follows with the next flush.
+            handle = await self.spawner.start(
+                spec, lambda line: self.emit(launch_id, Phase.LAUNCHING, line))
+            self.store.update_session(session_id, backend_id=handle.backend_id,
+                                      target=handle.target)
+            await self._wait_ready(handle, base_url, token)
         self.routes.add(Route(session_id=session_id, target=handle.target, token=token,
                               owner=request.owner))
         self._activity[session_id] = self.clock()
@@ -404,18 +415,53 @@ class LaunchService:
             "BINDER_CLIENT_IP": request.client_ip,
         }
 
-    def _check_quota(self, repo: ResolvedRepo, per_repo: int) -> None:
-        total, mine = self.store.active_counts(repo.repo_url)
-        if total >= self.settings.max_sessions:
+    def _reserve(self, record: SessionRecord, per_repo: int) -> None:
+        """Record the launch's session as ``starting`` if the quotas allow, in one step with
+        the check (the store's ``reserve_session``): the slot counts from now on, while the
+        launch fetches and builds, until the session stops (``stop_session``; a launch that
+        fails stops it in ``_discard_session``)."""
+        answer: Reservation = self.store.reserve_session(
+            record, max_total=self.settings.max_sessions, max_of_repo=per_repo)
+        if answer.refused == "server":
             raise QuotaExceeded(
-                f"This server is full: {total} sessions are running, the most it allows.",
+                f"This server is full: {answer.active} sessions are running, the most it "
+                "allows.",
                 hint="Try again in a few minutes, when idle sessions have been stopped.",
             )
-        if mine >= per_repo:
+        if answer.refused:
             raise QuotaExceeded(
-                f"Too many users running {repo.repo_url}! Try again soon.",
+                f"Too many users running {record.repo_url}! Try again soon.",
                 hint=f"At most {per_repo} sessions of this repository run at once on this server.",
             )
+
+    # ----- queues for builds and starts ------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _slot(self, slots: Slots | None, stream: str, kind: str) -> AsyncIterator[None]:
+        """Hold one of ``slots`` (none: no cap), telling ``stream`` its place in the queue
+        while it waits (``waiting`` events that leave the launch's phase as it is)."""
+        if slots is None:
+            yield
+            return
+
+        def tell(ahead: int) -> None:
+            self.events.append(stream, Event(Phase.WAITING, queue_message(kind, ahead),
+                                             {"queue": kind, "ahead": ahead}))
+
+        async with slots.hold(tell):
+            yield
+
+    def _stop_following(self, key: str, *, cancelled: bool) -> None:
+        """A launch here stopped following the build of ``key``. When the last one was
+        cancelled while the build still waits for a slot, nobody wants it: drop it."""
+        left = self._build_followers.get(key, 1) - 1
+        if left > 0:
+            self._build_followers[key] = left
+            return
+        self._build_followers.pop(key, None)
+        build = self._builds.get(key)
+        if cancelled and build is not None and key in self._queued_builds:
+            build.cancel()
 
     # ----- builds ----------------------------------------------------------------------
 
@@ -449,31 +495,48 @@ class LaunchService:
         else:
             self.emit(launch_id, Phase.BUILDING,
                       "This environment is already being built; following that build.\n")
-        failure: Event | None = None
+        self._build_followers[plan.key] = self._build_followers.get(plan.key, 0) + 1
+        cancelled = False
+        try:
+            failure = await self._follow_build(launch_id, claim.stream, task)
+            built = await asyncio.shield(task) if task is not None else None
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+        finally:
+            self._stop_following(plan.key, cancelled=cancelled)
+        if built is None:
+            if failure is not None:
+                raise BuildFailed(failure.message.strip())
+            built = await self.builder.find(plan)
+            if built is None:
+                raise BuildFailed("The build this launch was following did not finish.",
+                                  hint="Launch the repository again.")
+        image = built
+        self.emit(launch_id, Phase.BUILT, "Built image, launching...\n", imageName=image.name)
+        return image
+
+    async def _follow_build(self, launch_id: str, stream: str,
+                            task: asyncio.Task[ImageRef] | None) -> Event | None:
+        """Relay a build's log to the launch until it ends; its ``failed`` event, if any."""
         deadline = time.monotonic() + self.settings.build_timeout_seconds + 60
-        async for item in self.events.follow(claim.stream, 0, tick=1.0):
+        async for item in self.events.follow(stream, 0, tick=1.0):
             if item is None:
                 if (task is not None and task.done()) or time.monotonic() > deadline:
                     break
                 continue
             _seq, event = item
             if event.phase is Phase.FAILED:
-                failure = event
-                break
+                return event
             if event.phase is Phase.BUILT:
                 break
+            if event.phase is Phase.WAITING:  # its place in the queue: no phase change
+                self.events.append(launch_id, event)
+                # The build has not begun: its time counts from when it does.
+                deadline = time.monotonic() + self.settings.build_timeout_seconds + 60
+                continue
             self.emit(launch_id, event.phase or Phase.BUILDING, event.message)
-        if task is not None:
-            image = await asyncio.shield(task)
-        else:
-            if failure is not None:
-                raise BuildFailed(failure.message.strip())
-            image = await self.builder.find(plan)
-            if image is None:
-                raise BuildFailed("The build this launch was following did not finish.",
-                                  hint="Launch the repository again.")
-        self.emit(launch_id, Phase.BUILT, "Built image, launching...\n", imageName=image.name)
-        return image
+        return None
 
     def _forget_build(self, key: str) -> Callable[[asyncio.Task[ImageRef]], None]:
         def forget(_task: asyncio.Task[ImageRef]) -> None:
@@ -487,7 +550,14 @@ class LaunchService:
 
         began = self.clock()
         try:
-            image = await self.builder.build(plan, checkout, line)
+            self._queued_builds.add(plan.key)
+            try:
+                async with self._slot(self._build_slots, stream, "build"):
+                    self._queued_builds.discard(plan.key)
+                    began = self.clock()
+                    image = await self.builder.build(plan, checkout, line)
+            finally:
+                self._queued_builds.discard(plan.key)
         except BaseException as exc:
             self.observer.build_finished(False, self.clock() - began)
             error = exc if isinstance(exc, BinderlessError) else BuildFailed(
@@ -539,6 +609,15 @@ class LaunchService:
             f"The Jupyter server did not answer within {self.settings.ready_timeout_seconds:.0f}"
             " seconds.", hint="Launch again; if it keeps happening, check the start script.")
 
+    async def _abort(self, launch_id: str, error: BaseException, reason: str) -> None:
+        """End a launch that did not reach ``ready``: undo what it started, then send its
+        ``failed`` event, so that a client reading that event finds no server left, no
+        files and no quota slot held."""
+        try:
+            await self._discard_session(launch_id, reason)
+        finally:
+            self._fail(launch_id, error)
+
     async def _discard_session(self, launch_id: str, reason: str) -> None:
         """Undo a launch that did not reach ``ready``: stop its server, remove its files
         (nobody was ever given access to them)."""
@@ -573,7 +652,8 @@ class LaunchService:
 
     async def stop_session(self, session_id: str, *, reason: str,
                            already_stopped: bool = False) -> None:
-        """Stop a session's server and mark it stopped. Its files stay on disk."""
+        """Stop a session's server, mark it stopped (which frees its quota slot) and remove
+        its files unless ``keeps_files`` says they stay."""
         record = self.store.get_session(session_id)
         handle = SessionHandle(record.session_id, record.target, record.backend_id)
         if record.backend_id and not already_stopped:
@@ -583,7 +663,33 @@ class LaunchService:
                                   stop_reason=reason)
         self._activity.pop(session_id, None)
         self._activity_written.pop(session_id, None)
+        if not self.keeps_files(record, reason):
+            await asyncio.to_thread(self._remove_files, session_id)
         log.info("session %s stopped: %s", session_id, reason)
+
+    def keeps_files(self, record: SessionRecord, reason: str) -> bool:
+        """The one place that decides whether a session's folder (``sessions/<id>``: its
+        checkout and HOME) outlives the session.
+
+        An anonymous session's folder goes, whatever ended the session: nobody can reach
+        it afterwards. A signed-in user's session keeps it, as before: their work is in
+        their project folder (``workspaces.py``, never removed here), and whether the rest
+        (the checkout that seeded the project, what the session wrote to HOME) should go
+        too is the workspaces' decision. Restoring an expired anonymous session (a later
+        feature) would keep its folder here, on purpose, for the reasons it covers."""
+        del reason  # every reason ends an anonymous session's files alike, for now
+        return bool(record.owner)
+
+    def _remove_files(self, session_id: str) -> None:
+        folder = self.sessions_dir / session_id
+        if not folder.exists():
+            return
+        try:
+            # Run as root when sessions have uids of their own: it removes their files too.
+            shutil.rmtree(folder)
+        except OSError as exc:
+            log.warning("could not remove the files of session %s (%s): %s", session_id,
+                        folder, exc)
 
     async def _jupyter_activity(self, record: SessionRecord) -> float:
         url = f"{record.target}/user/{record.session_id}/api/status"
@@ -667,7 +773,9 @@ class LaunchService:
         - launches with no event for ``abandon_after`` seconds end with a ``failed`` event,
           and whatever they started is stopped. The default outlasts the quietest live
           launch: a build it follows, then the start;
-        - servers the spawner runs for sessions with no live record are stopped (orphans).
+        - servers the spawner runs for sessions with no live record are stopped (orphans);
+        - sessions left ``starting`` by a launch that ended are stopped, which gives their
+          quota slots back (released).
         """
         if abandon_after is None:
             abandon_after = (self.settings.build_timeout_seconds
@@ -704,8 +812,33 @@ class LaunchService:
                     await self.stop_session(record.session_id, reason="launch abandoned")
             abandoned.append(launch_id)
         orphans = await self._stop_orphans()
+        released = await self._release_leftovers(now)
         return {"culled": culled, "abandoned": abandoned, "resumed": resumed,
-                "orphans": orphans}
+                "orphans": orphans, "released": released}
+
+    async def _release_leftovers(self, now: float) -> list[str]:
+        """Stop sessions still ``starting`` whose launch has ended (or is gone): a launch
+        that failed while the store was unreachable could not give its quota slot back,
+        and nothing else would. Listings lag behind writes, so each is read again first,
+        and only reservations older than a minute are considered."""
+        mine = set(self._launch_sessions.values())
+        released: list[str] = []
+        for record in self.store.sessions("starting"):
+            if record.session_id in mine or now - record.created_at < LEFTOVER_GRACE_SECONDS:
+                continue
+            launch = self.store.get_launch(record.launch_id)
+            if launch is not None and launch["phase"] not in ("ready", "failed"):
+                continue  # its launch runs (or will be resumed or abandoned)
+            try:
+                if self.store.get_session(record.session_id).status != "starting":
+                    continue
+            except SessionNotFound:
+                continue
+            log.warning("session %s of launch %s was left starting; stopping it",
+                        record.session_id, record.launch_id)
+            await self.stop_session(record.session_id, reason="launch ended")
+            released.append(record.session_id)
+        return released
 
     async def _stop_orphans(self) -> list[str]:
         """Stop servers whose session has no live record (a crash between starting a
@@ -747,3 +880,12 @@ class LaunchService:
                 await self.reconcile()
             except Exception:
                 log.exception("reconciling failed; trying again later")
+
+
+def queue_message(kind: str, ahead: int) -> str:
+    """What a launch waiting for a ``kind`` slot (build, start) is told."""
+    if ahead == 0:
+        place = "this launch is next"
+    else:
+        place = f"{ahead} launch{'es' if ahead != 1 else ''} ahead of this one"
+    return f"Waiting for a free {kind} slot: {place}...\n"

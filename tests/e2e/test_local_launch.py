@@ -252,8 +252,8 @@ def test_restart_adopts_live_sessions_and_cleans_up_dead_ones(tmp_path: Path,
     (("--cull-idle", "2"), "idle"),
     (("--max-age", "3", "--cull-idle", "600"), "maximum age reached"),
 ])
-def test_sessions_are_culled_and_their_files_kept(tmp_path: Path, fixture_repo: MakeRepo,
-                                                  options: tuple[str, ...], reason: str) -> None:
+def test_sessions_are_culled_and_their_files_removed(tmp_path: Path, fixture_repo: MakeRepo,
+                                                     options: tuple[str, ...], reason: str) -> None:
     state = tmp_path / "state"
     server = start_server(state, *options, env={"BINDERLESS_CULL_INTERVAL_SECONDS": "0.5"})
     try:
@@ -266,7 +266,13 @@ def test_sessions_are_culled_and_their_files_kept(tmp_path: Path, fixture_repo: 
         answer = httpx.get(ready["url"] + "api/status?token=" + ready["token"])
         assert answer.status_code == 404
         session_id = ready["url"].rstrip("/").rsplit("/", 1)[-1]
-        assert (state / "sessions" / session_id / "home" / "index.ipynb").exists()
+        # An anonymous session's files go with it (``LaunchService.keeps_files``), just
+        # after its server.
+        folder = state / "sessions" / session_id
+        deadline = time.monotonic() + 10
+        while folder.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not folder.exists()
         import sqlite3
 
         with sqlite3.connect(state / "binderless.sqlite3") as db:

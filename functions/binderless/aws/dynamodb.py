@@ -18,6 +18,8 @@ projected) is sparse and lists items by a group derived from their state::
                                                        SESSIONS#stopped / <session_id> after
     event          EVENTS#<stream>       <seq>         none
     build claim    BUILD#<key>           BUILD         none
+    session quota  QUOTA#sessions        QUOTA         none
+    repo quota     QUOTA#repo#<sha256>   QUOTA         none
 
 * ``<seq>`` is the sequence number zero-padded to 10 digits, so that the string order of
   the sort key is the numeric order; items also carry ``seq`` as a number and the event as
@@ -45,6 +47,16 @@ index (``sessions``, ``count_active``, ``unfinished_launches``, ``launch_duratio
 eventually consistent, as every global secondary index is: a write shows there within
 about a second.
 
+Quotas. The two quota items count the sessions starting or running (``active``): in all,
+and of one repository (keyed by the SHA-256 of its URL, which it also holds). A launch
+reserves its session with one ``TransactWriteItems`` call: both counters go up only if
+they are below their limits, and the session item (marked ``counted``) is put, so that
+simultaneous launches cannot all pass a check made before the write. The counters go
+down in the same transaction that moves a ``counted`` session out of starting/running and
+removes the mark, so each reservation is released exactly once. DynamoDB cancels a
+transaction that meets a concurrent one on the same item (``TransactionConflict``): it
+is tried again after a short random pause.
+
 Errors of the AWS SDK become ``StateUnavailable`` (``raise ... from exc``).
 """
 
@@ -53,15 +65,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
+import random
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from decimal import Decimal
 from typing import Any, cast
 
-from ..backends.protocols import BuildClaim, Route, SessionRecord
+from ..backends.protocols import BuildClaim, Reservation, Route, SessionRecord
 from ..errors import SessionNotFound, StateUnavailable
 from ..events import Event
 from ._errors import error_code
@@ -110,6 +125,17 @@ _LAUNCH_FIELDS: dict[str, tuple[type, Any]] = {
 _SESSION_FLOATS = frozenset({"created_at", "last_activity", "stopped_at"})
 _SESSION_FIELDS = tuple(f.name for f in dataclasses.fields(SessionRecord))
 _BUILD_STATUSES = frozenset({"building", "built", "failed"})
+_QUOTA_SK = "QUOTA"
+_SERVER_QUOTA = "QUOTA#sessions"
+_COUNTED = "counted"
+# Transactions on the quota counters that meet a concurrent one are tried again this many
+# times, after a random pause of up to _CONFLICT_PAUSE * attempt seconds (at most
+# _MAX_CONFLICT_PAUSE): a burst of launches takes turns on the two counter items.
+_MAX_QUOTA_ATTEMPTS = 25
+_CONFLICT_PAUSE = 0.05
+_MAX_CONFLICT_PAUSE = 0.5
+_CONDITION_FAILED = "ConditionalCheckFailed"
+_CONFLICT = "TransactionConflict"
 
 
 def table_definition(table_name: str) -> dict[str, Any]:
@@ -215,7 +241,13 @@ class _Update:
         name = self.name(attr)
         self._set.append(f"{name} = {name} + {self.value(1)}")
 
-    def kwargs(self, condition: str) -> dict[str, Any]:
+    def add(self, attr: str, delta: int) -> str:
+        """Add ``delta`` to a number that counts from 0 when absent; returns its name."""
+        name = self.name(attr)
+        self._set.append(f"{name} = if_not_exists({name}, {self.value(0)}) + {self.value(delta)}")
+        return name
+
+    def kwargs(self, condition: str | None) -> dict[str, Any]:
         parts = []
         if self._set:
             parts.append("SET " + ", ".join(self._set))
@@ -223,9 +255,10 @@ class _Update:
             parts.append("REMOVE " + ", ".join(self._remove))
         args: dict[str, Any] = {
             "UpdateExpression": " ".join(parts),
-            "ConditionExpression": condition,
             "ExpressionAttributeNames": self.names,
         }
+        if condition is not None:
+            args["ConditionExpression"] = condition
         if self.values:
             args["ExpressionAttributeValues"] = self.values
         return args
@@ -257,6 +290,27 @@ class _ConditionFailed(Exception):
     def __init__(self, item: Item | None) -> None:
         super().__init__("conditional check failed")
         self.item = item
+
+
+def _reason_codes(exc: _Cancelled, count: int) -> list[str]:
+    """The cancellation reason of each write of a cancelled transaction (``"None"``: that
+    write was fine). Taken from the reasons, else from the message, which lists them in
+    the same order ("... [None, ConditionalCheckFailed]")."""
+    codes = [str(reason.get("Code") or "None") for reason in exc.reasons]
+    if not codes:
+        listed = re.search(r"\[([^\]]*)\]\s*$", exc.message)
+        codes = [code.strip() for code in listed.group(1).split(",")] if listed else []
+    return (codes + ["None"] * count)[:count]
+
+
+def _pause(attempt: int) -> float:
+    """A random wait before trying a conflicting transaction again (full jitter)."""
+    return random.uniform(0, min(_CONFLICT_PAUSE * attempt, _MAX_CONFLICT_PAUSE))
+
+
+def _repo_quota(repo_url: str) -> str:
+    """The key of a repository's quota item (a URL may be longer than a key may be)."""
+    return f"QUOTA#repo#{hashlib.sha256(repo_url.encode()).hexdigest()}"
 
 
 def _sdk_failure(exc: BaseException) -> str:
@@ -611,7 +665,7 @@ class DynamoState:
 
     # ----- Store: sessions -------------------------------------------------------------
 
-    def add_session(self, record: SessionRecord) -> None:
+    def _session_item(self, record: SessionRecord) -> Item:
         item: Item = {
             "pk": {"S": f"SESSION#{record.session_id}"},
             "sk": {"S": "SESSION"},
@@ -623,6 +677,10 @@ class DynamoState:
         for name, value in _session_keys(record.session_id, record.status, self._expiry()).items():
             if value is not None:
                 item[name] = _value(value)
+        return item
+
+    def add_session(self, record: SessionRecord) -> None:
+        item = self._session_item(record)
         with self._hold_lock:
             held = self._held.get(record.launch_id)
             if held is not None:
@@ -635,6 +693,145 @@ class DynamoState:
         except _ConditionFailed as exc:
             raise ValueError(f"Session {record.session_id} already exists.") from exc
 
+    def _count(self, pk: str, delta: int, limit: int | None = None,
+               repo_url: str = "") -> dict[str, Any]:
+        """A transaction write adding ``delta`` to a quota item's ``active``; with
+        ``limit``, only while ``active`` is below it."""
+        update = _Update()
+        active = update.add("active", delta)
+        if repo_url:
+            update.set("repo_url", repo_url)
+        # A quota item nobody uses goes away with the sessions it counted.
+        update.set(TTL_ATTRIBUTE, self._expiry())
+        write: dict[str, Any] = {"TableName": self.table_name,
+                                 "Key": {"pk": {"S": pk}, "sk": {"S": _QUOTA_SK}}}
+        if limit is None:
+            write.update(update.kwargs(None))
+        else:
+            write.update(update.kwargs(
+                f"attribute_not_exists({active}) OR {active} < {update.value(limit)}"))
+            # The count comes back with a refusal, for its message: no second call.
+            write["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
+        return {"Update": write}
+
+    def _active_of(self, pk: str, reason: Mapping[str, Any] | None) -> int:
+        item = (reason or {}).get("Item") or self._get(pk, _QUOTA_SK) or {}
+        return _int(cast(Item, item), "active")
+
+    def reserve_session(self, record: SessionRecord, *, max_total: int,
+                        max_of_repo: int) -> Reservation:
+        """Put the session item and count it, if both quotas allow, in one transaction
+        (see the module doc). A launch whose writes are held sends its launch record in
+        the same call: a reserved session never exists without its launch in the table,
+        where a reconciler finds it if this process dies."""
+        item = self._session_item(record)
+        item[_COUNTED] = _value(1)
+        for attempt in range(1, _MAX_QUOTA_ATTEMPTS + 1):
+            with self._hold_lock:
+                answer = self._try_reserve(record, item, max_total, max_of_repo)
+            if answer is not None:
+                return answer
+            time.sleep(_pause(attempt))
+        raise _unavailable("too many launches reserved sessions at the same moment")
+
+    def _try_reserve(self, record: SessionRecord, item: Item, max_total: int,
+                     max_of_repo: int) -> Reservation | None:
+        """One reservation transaction; ``None`` when it met a concurrent one."""
+        held = self._held.get(record.launch_id)
+        repo_pk = _repo_quota(record.repo_url)
+        writes = [
+            self._count(_SERVER_QUOTA, 1, max_total),
+            self._count(repo_pk, 1, max_of_repo, record.repo_url),
+            {"Put": {"TableName": self.table_name, "Item": item,
+                     "ConditionExpression": "attribute_not_exists(pk)"}},
+        ]
+        if held is not None and held.launch.dirty:
+            writes.append(self._write_of(held.launch))
+        try:
+            self._call("transact_write_items", TransactItems=writes)
+        except _Cancelled as exc:
+            codes = _reason_codes(exc, len(writes))
+            reasons = exc.reasons + [{}] * len(writes)
+            if codes[0] == _CONDITION_FAILED:
+                return Reservation("server", self._active_of(_SERVER_QUOTA, reasons[0]))
+            if codes[1] == _CONDITION_FAILED:
+                return Reservation("repo", self._active_of(repo_pk, reasons[1]))
+            if codes[2] == _CONDITION_FAILED:
+                # An SDK retry of a call that went through finds its own session: reserved.
+                if not self._reserved_before(record):
+                    raise ValueError(f"Session {record.session_id} already exists.") from exc
+            elif _CONFLICT in codes:
+                return None
+            else:
+                log.warning("DynamoDB refused a reservation: %s", exc.message)
+                raise _unavailable("TransactionCanceledException") from exc
+        if held is not None:
+            held.launch.written = True
+            held.launch.changes.clear()
+            held.sessions[record.session_id] = _Pending(dict(item), written=True)
+            self._session_launch[record.session_id] = record.launch_id
+        return Reservation()
+
+    def _reserved_before(self, record: SessionRecord) -> bool:
+        """Whether the session item already in the table is this reservation's own."""
+        existing = self._get(f"SESSION#{record.session_id}", "SESSION")
+        return existing is not None and _str(existing, "token") == record.token and \
+            _COUNTED in existing
+
+    def _release_slot(self, session_id: str,
+                      changes: Mapping[str, str | int | float | None]) -> bool:
+        """Move a counted session out of starting/running with ``changes`` and give its
+        quota back, in one transaction; ``False`` when it was not counted (nothing done)."""
+        with self._hold_lock:
+            launch_id = self._session_launch.get(session_id)
+            if launch_id is not None:
+                self.flush(launch_id)  # its held writes go first
+            item = self._held_session(session_id)
+        if item is None:
+            item = self._get(f"SESSION#{session_id}", "SESSION", ("repo_url", "status", _COUNTED))
+        if item is None or _COUNTED not in item or _str(item, "status") not in _ACTIVE:
+            return False
+        repo_url = _str(item, "repo_url")
+        for attempt in range(1, _MAX_QUOTA_ATTEMPTS + 1):
+            update = _Update()
+            for name, value in changes.items():
+                update.set(name, value)
+            update.remove(_COUNTED)
+            status = update.name("status")
+            condition = (f"{status} IN ({update.value('starting')}, {update.value('running')})"
+                         f" AND attribute_exists({update.name(_COUNTED)})")
+            writes = [
+                {"Update": {"TableName": self.table_name,
+                            "Key": {"pk": {"S": f"SESSION#{session_id}"}, "sk": {"S": "SESSION"}},
+                            **update.kwargs(condition)}},
+                self._count(_SERVER_QUOTA, -1),
+                self._count(_repo_quota(repo_url), -1),
+            ]
+            try:
+                self._call("transact_write_items", TransactItems=writes)
+            except _Cancelled as exc:
+                codes = _reason_codes(exc, len(writes))
+                if codes[0] == _CONDITION_FAILED:
+                    return False  # released by another process in the meantime
+                if _CONFLICT not in codes:
+                    log.warning("DynamoDB refused a quota release: %s", exc.message)
+                    raise _unavailable("TransactionCanceledException") from exc
+                time.sleep(_pause(attempt))
+                continue
+            with self._hold_lock:
+                launch_id = self._session_launch.get(session_id)
+                held = self._held.get(launch_id) if launch_id else None
+                pending = held.sessions.get(session_id) if held is not None else None
+                if pending is not None:  # what the table now holds, nothing left to send
+                    pending.item.pop(_COUNTED, None)
+                    for name, value in changes.items():
+                        if value is None:
+                            pending.item.pop(name, None)
+                        else:
+                            pending.item[name] = _value(value)
+            return True
+        raise _unavailable("too many sessions stopped at the same moment")
+
     def update_session(self, session_id: str, **fields: Any) -> None:
         if not fields:
             return
@@ -644,6 +841,8 @@ class DynamoState:
         changes: dict[str, str | int | float | None] = dict(fields)
         if "status" in fields:
             changes.update(_session_keys(session_id, str(fields["status"]), self._expiry()))
+            if fields["status"] not in _ACTIVE and self._release_slot(session_id, changes):
+                return
         if self._change_held_session(session_id, changes):
             return
         update = _Update()

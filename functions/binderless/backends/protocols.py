@@ -27,6 +27,7 @@ __all__ = [
     "LogSink",
     "Observer",
     "ProjectMount",
+    "Reservation",
     "Route",
     "RouteTable",
     "SessionHandle",
@@ -120,6 +121,23 @@ class SessionRecord:
     stop_reason: str = ""
 
 
+@dataclass(frozen=True)
+class Reservation:
+    """The answer of ``Store.reserve_session``.
+
+    ``refused`` is ``""`` when the session was recorded, else the limit that was reached:
+    ``"server"`` (``max_total``) or ``"repo"`` (``max_of_repo``); ``active`` is then how
+    many sessions count against that limit.
+    """
+
+    refused: str = ""
+    active: int = 0
+
+    @property
+    def reserved(self) -> bool:
+        return not self.refused
+
+
 class Store(Protocol):
     """Launch and session records: SQLite locally, DynamoDB on AWS.
 
@@ -154,7 +172,18 @@ class Store(Protocol):
         """Seconds from request to ``ready`` of recent launches of this environment."""
         ...
 
-    def add_session(self, record: SessionRecord) -> None: ...
+    def add_session(self, record: SessionRecord) -> None:
+        """Record a session as it is, outside the quotas (``reserve_session`` counts)."""
+        ...
+
+    def reserve_session(self, record: SessionRecord, *, max_total: int,
+                        max_of_repo: int) -> Reservation:
+        """Record ``record`` (``starting``) only if fewer than ``max_total`` sessions are
+        starting or running, and fewer than ``max_of_repo`` of its ``repo_url``: the check
+        and the write are one step, so that simultaneous launches cannot all pass the
+        check. The slot is released when the session's status leaves starting/running
+        (``update_session(status=...)``). Nothing is written when refused."""
+        ...
 
     def update_session(self, session_id: str, **fields: Any) -> None: ...
 

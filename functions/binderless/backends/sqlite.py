@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import SessionNotFound
 from ..events import Event
-from .protocols import BuildClaim, Route, SessionRecord
+from .protocols import BuildClaim, Reservation, Route, SessionRecord
 
 __all__ = ["Database", "SessionRecord", "SqliteEventLog", "SqliteRoutes", "SqliteStore"]
 
@@ -216,14 +216,34 @@ class SqliteStore:
 
     def add_session(self, record: SessionRecord) -> None:
         with self.db.transaction() as cur:
-            cur.execute(
-                "INSERT INTO sessions (session_id, launch_id, owner, repo_url, resolved_ref, "
-                "image_key, home, target, token, backend_id, status, created_at, last_activity) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (record.session_id, record.launch_id, record.owner, record.repo_url,
-                 record.resolved_ref, record.image_key, record.home, record.target, record.token,
-                 record.backend_id, record.status, record.created_at, record.last_activity),
-            )
+            self._insert_session(cur, record)
+
+    def reserve_session(self, record: SessionRecord, *, max_total: int,
+                        max_of_repo: int) -> Reservation:
+        # BEGIN IMMEDIATE takes the write lock before the count: no other writer (thread or
+        # process) can add a session between the count and the insert.
+        with self.db.transaction() as cur:
+            row = cur.execute(
+                "SELECT COUNT(*) AS n, COALESCE(SUM(repo_url = ?), 0) AS mine FROM sessions "
+                "WHERE status IN ('starting', 'running')", (record.repo_url,)).fetchone()
+            total, mine = int(row["n"]), int(row["mine"])
+            if total >= max_total:
+                return Reservation("server", total)
+            if mine >= max_of_repo:
+                return Reservation("repo", mine)
+            self._insert_session(cur, record)
+        return Reservation()
+
+    @staticmethod
+    def _insert_session(cur: sqlite3.Cursor, record: SessionRecord) -> None:
+        cur.execute(
+            "INSERT INTO sessions (session_id, launch_id, owner, repo_url, resolved_ref, "
+            "image_key, home, target, token, backend_id, status, created_at, last_activity) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (record.session_id, record.launch_id, record.owner, record.repo_url,
+             record.resolved_ref, record.image_key, record.home, record.target, record.token,
+             record.backend_id, record.status, record.created_at, record.last_activity),
+        )
 
     def update_session(self, session_id: str, **fields: Any) -> None:
         cols = ", ".join(f"{k} = ?" for k in fields)

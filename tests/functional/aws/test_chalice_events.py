@@ -98,7 +98,8 @@ def test_the_schedule_reconciles(chalice_app: Any, capsys: pytest.CaptureFixture
         answer = client.lambda_.invoke("reconcile", client.events.generate_cw_event(
             source="aws.events", detail_type="Scheduled Event", detail={}, resources=[]))
     payload = answer.payload
-    assert payload == {"culled": [], "abandoned": ["old"], "resumed": [], "orphans": []}
+    assert payload == {"culled": [], "abandoned": ["old"], "resumed": [], "orphans": [],
+                       "released": []}
     assert state.get_launch("old")["phase"] == "failed"  # type: ignore[index]
     assert state.get_session("s-live").status == "running"
     assert emitted_metrics(capsys.readouterr().out) == {"LaunchesAbandoned": [1.0]}

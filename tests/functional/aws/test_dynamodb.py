@@ -17,12 +17,14 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from botocore.stub import ANY, Stubber
+from moto.dynamodb.models import DynamoDBBackend
 
 from binderless.aws.dynamodb import GSI1, TTL_ATTRIBUTE, DynamoState, table_definition
 from binderless.backends.protocols import (
     BuildClaim,
     BuildClaims,
     EventLog,
+    Reservation,
     Route,
     RouteTable,
     SessionRecord,
@@ -728,3 +730,207 @@ def test_one_process_at_a_time_takes_a_launch_over(backend: Backend) -> None:
     assert not store.take_launch("l2", "gw-c", was_driver="gw-b", was_lease=99.0,
                                  lease_until=300.0)
     assert not store.take_launch("ghost", "gw-c", was_driver="", was_lease=None, lease_until=1.0)
+
+
+# ----- session quotas: the check and the record in one transaction ---------------------------
+
+REPO = "https://github.com/a/b"
+
+
+def quota(client: Any, pk: str = "QUOTA#sessions") -> int | None:
+    item = client.get_item(TableName=TABLE, Key={"pk": {"S": pk}, "sk": {"S": "QUOTA"}}).get("Item")
+    return int(item["active"]["N"]) if item else None
+
+
+def repo_quota(client: Any, repo: str = REPO) -> int | None:
+    import hashlib
+
+    return quota(client, f"QUOTA#repo#{hashlib.sha256(repo.encode()).hexdigest()}")
+
+
+@pytest.fixture
+def atomic_transactions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto checks a transaction's conditions and then writes, with no lock; DynamoDB
+    isolates transactions (a conflicting one is cancelled, see the Stubber test below)."""
+    lock = threading.Lock()
+    original = DynamoDBBackend.transact_write_items
+
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            return original(*args, **kwargs)
+
+    monkeypatch.setattr(DynamoDBBackend, "transact_write_items", locked)
+
+
+def test_simultaneous_reservations_fill_the_quota_exactly(client: Any,
+                                                          atomic_transactions: None) -> None:
+    states = [DynamoState(client, TABLE) for _ in range(5)]  # five gateways
+    barrier = threading.Barrier(25)
+
+    def reserve(i: int) -> Reservation:
+        barrier.wait()
+        return states[i % 5].reserve_session(session(f"s{i}"), max_total=5, max_of_repo=25)
+
+    with ThreadPoolExecutor(25) as pool:
+        answers = list(pool.map(reserve, range(25)))
+    reserved = [f"s{i}" for i, answer in enumerate(answers) if answer.reserved]
+    assert len(reserved) == 5
+    assert {(a.refused, a.active) for a in answers if not a.reserved} == {("server", 5)}
+    assert (quota(client), repo_quota(client)) == (5, 5)
+    for i in range(25):  # a refused launch wrote no session
+        item = client.get_item(TableName=TABLE, Key={"pk": {"S": f"SESSION#s{i}"},
+                                                    "sk": {"S": "SESSION"}}).get("Item")
+        assert (item is not None) == (f"s{i}" in reserved)
+
+
+def test_a_reservation_is_one_call_and_a_refusal_writes_nothing(state: DynamoState,
+                                                                client: Any) -> None:
+    calls = counted(client)
+    assert state.reserve_session(session("s1"), max_total=2, max_of_repo=1).reserved
+    assert calls == ["TransactWriteItems"]
+    assert state.get_session("s1") == session("s1")
+    assert state.count_active() == 1
+    # The repository's limit, with the count as the refused transaction found it.
+    calls.clear()
+    assert state.reserve_session(session("s2"), max_total=2, max_of_repo=1) == Reservation(
+        "repo", 1)
+    assert calls == ["TransactWriteItems"]  # the count came back with the refusal
+    assert state.reserve_session(session("s3", repo="https://github.com/c/d"), max_total=2,
+                                 max_of_repo=1).reserved
+    assert state.reserve_session(session("s4", repo="https://github.com/e/f"), max_total=2,
+                                 max_of_repo=1) == Reservation("server", 2)
+    assert (quota(client), repo_quota(client)) == (2, 1)
+    with pytest.raises(SessionNotFound):
+        state.get_session("s2")
+    with pytest.raises(SessionNotFound):
+        state.get_session("s4")
+    # A long URL is counted under its digest: keys stay short.
+    long_repo = "https://example.org/" + "x" * 3000
+    assert state.reserve_session(session("s5", repo=long_repo), max_total=3,
+                                 max_of_repo=1).reserved
+    assert repo_quota(client, long_repo) == 1
+
+
+def test_stopping_a_reserved_session_gives_its_slot_back_once(state: DynamoState,
+                                                               client: Any) -> None:
+    for name in ("s1", "s2"):
+        assert state.reserve_session(session(name), max_total=2, max_of_repo=2).reserved
+    state.add(Route("s2", "http://10.0.0.5:8888", "tok"))  # starting -> running: still counted
+    assert quota(client) == 2
+    state.update_session("s1", status="stopped", stopped_at=5.0, stop_reason="idle")
+    assert (quota(client), repo_quota(client)) == (1, 1)
+    stopped = state.get_session("s1")
+    assert (stopped.status, stopped.stopped_at, stopped.stop_reason) == ("stopped", 5.0, "idle")
+    assert "counted" not in raw(client, "SESSION#s1", "SESSION")
+    assert raw(client, "SESSION#s1", "SESSION")["gsi1pk"] == {"S": "SESSIONS#stopped"}
+    state.update_session("s1", status="stopped", stop_reason="again")  # no second release
+    assert (quota(client), repo_quota(client)) == (1, 1)
+    assert state.get_session("s1").stop_reason == "again"
+    state.update_session("s2", status="stopped")
+    assert (quota(client), repo_quota(client)) == (0, 0)
+    # A session recorded outside the quotas never touches the counters.
+    state.add_session(session("s3"))
+    state.update_session("s3", status="stopped")
+    assert quota(client) == 0
+    assert state.reserve_session(session("s4"), max_total=1, max_of_repo=1).reserved
+
+
+def test_a_held_launch_goes_out_with_its_reservation(client: Any, clock: Clock) -> None:
+    gateway = DynamoState(client, TABLE, clock=clock, write_behind=True, flush_after=3600)
+    other = DynamoState(client, TABLE)
+    gateway.create_launch("l1", "gh", "a/b/main", clock.now)
+    gateway.update_launch("l1", resolved_ref="abc")
+    gateway.append("l1", Event(Phase.WAITING, "w\n"))
+    calls = counted(client)
+    record = dataclasses.replace(session("s1"), launch_id="l1")
+    assert gateway.reserve_session(record, max_total=5, max_of_repo=5).reserved
+    assert calls == ["TransactWriteItems"]
+    # A reserved session never exists without its launch, which a reconciler can find.
+    assert other.get_launch("l1")["resolved_ref"] == "abc"  # type: ignore[index]
+    assert other.unfinished_launches() == ["l1"]
+    assert other.get_session("s1").status == "starting"
+    # Later writes of the session are held again, and sent with the launch's next flush.
+    calls.clear()
+    gateway.update_session("s1", image_key="k2", backend_id="arn:task/1")
+    assert calls == []
+    gateway.flush("l1")
+    assert calls == ["TransactWriteItems"]
+    assert other.get_session("s1").backend_id == "arn:task/1"
+    assert other.read("l1") == [(1, Event(Phase.WAITING, "w\n"))]
+    # A launch that fails gives its slot back, its held writes first.
+    gateway.update_session("s1", target="http://10.0.0.5:8888")
+    gateway.update_session("s1", status="stopped", stop_reason="launch failed")
+    assert quota(client) == 0
+    stopped = other.get_session("s1")
+    assert (stopped.status, stopped.target) == ("stopped", "http://10.0.0.5:8888")
+    assert gateway.get_session("s1").status == "stopped"
+
+
+def cancelled(codes: list[str], *, with_reasons: bool = True,
+              item: dict[str, Any] | None = None) -> dict[str, Any]:
+    reasons = [{"Code": code, **({"Item": item} if item and code != "None" else {})}
+               for code in codes]
+    return {
+        "service_error_code": "TransactionCanceledException",
+        "service_message": "Transaction cancelled, please refer cancellation reasons for "
+                           f"specific reasons [{', '.join(codes)}]",
+        "modeled_fields": {"CancellationReasons": reasons} if with_reasons else {},
+    }
+
+
+def test_a_reservation_that_meets_a_concurrent_transaction_is_tried_again() -> None:
+    state, stub = stubbed()
+    stub.add_client_error("transact_write_items",
+                          **cancelled(["TransactionConflict", "None", "None"]))
+    stub.add_client_error("transact_write_items",
+                          **cancelled(["None", "TransactionConflict", "None"]))
+    stub.add_response("transact_write_items", {})
+    with stub:
+        assert state.reserve_session(session("s1"), max_total=5, max_of_repo=5).reserved
+        stub.assert_no_pending_responses()
+
+
+def test_cancellation_reasons_are_read_from_the_message_when_missing() -> None:
+    state, stub = stubbed()
+    stub.add_client_error("transact_write_items", **cancelled(
+        ["ConditionalCheckFailed", "None", "None"], with_reasons=False))
+    stub.add_response("get_item", {"Item": {"pk": {"S": "QUOTA#sessions"},
+                                            "sk": {"S": "QUOTA"}, "active": {"N": "7"}}})
+    with stub:
+        assert state.reserve_session(session("s1"), max_total=7, max_of_repo=5) == Reservation(
+            "server", 7)
+        stub.assert_no_pending_responses()
+
+
+def test_a_retried_call_that_went_through_finds_its_own_reservation() -> None:
+    state, stub = stubbed()
+    mine = {"pk": {"S": "SESSION#s1"}, "sk": {"S": "SESSION"}, "token": {"S": "token-s1"},
+            "counted": {"N": "1"}}
+    stub.add_client_error("transact_write_items",
+                          **cancelled(["None", "None", "ConditionalCheckFailed"]))
+    stub.add_response("get_item", {"Item": mine})
+    stub.add_client_error("transact_write_items",
+                          **cancelled(["None", "None", "ConditionalCheckFailed"]))
+    stub.add_response("get_item", {"Item": {**mine, "token": {"S": "someone else's"}}})
+    with stub:
+        assert state.reserve_session(session("s1"), max_total=5, max_of_repo=5).reserved
+        with pytest.raises(ValueError, match="already exists"):
+            state.reserve_session(session("s1"), max_total=5, max_of_repo=5)
+        stub.assert_no_pending_responses()
+
+
+def test_both_backends_reserve_alike(backend: Backend) -> None:
+    store, routes, _events = backend
+    assert store.reserve_session(session("s1"), max_total=2, max_of_repo=1).reserved
+    assert store.reserve_session(session("s2"), max_total=2, max_of_repo=1) == Reservation(
+        "repo", 1)
+    assert store.reserve_session(session("s3", repo="https://github.com/c/d"), max_total=2,
+                                 max_of_repo=1).reserved
+    assert store.reserve_session(session("s4", repo="https://github.com/e/f"), max_total=2,
+                                 max_of_repo=1) == Reservation("server", 2)
+    assert store.count_active() == 2
+    routes.add(Route("s1", "http://127.0.0.1:9", "tok"))
+    store.update_session("s1", status="stopped", stopped_at=9.0)
+    assert store.reserve_session(session("s4", repo="https://github.com/e/f"), max_total=2,
+                                 max_of_repo=1).reserved
+    assert sorted(r.session_id for r in store.sessions("starting", "running")) == ["s3", "s4"]
