@@ -91,11 +91,13 @@ def _launch_parser(sub: Any) -> None:
         "and print the URL of the running session (with its token).",
         epilog="Examples:\n  binderless launch gh/binder-examples/requirements/HEAD\n"
         "  binderless launch 'https://mybinder.org/v2/gh/org/repo/main?labpath=index.ipynb'\n"
-        "  binderless launch git/$(python3 -c 'import urllib.parse,os;"
-        "print(urllib.parse.quote(os.getcwd(),safe=\"\"))')/HEAD",
+        "  binderless launch https://github.com/org/repo/blob/main/index.ipynb\n"
+        "  binderless launch .    (this folder, on a local server)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("target", help="a Binder link (http...) or <provider>/<spec>")
+    p.add_argument("target", help="a Binder link (launched on its own server), or "
+                   "<provider>/<spec>, a repository address (https://github.com/org/repo) or "
+                   "a folder (launched on --server)")
     p.add_argument("--server", default=os.environ.get("BINDERLESS_SERVER", DEFAULT_SERVER),
                    help=f"server for a bare <provider>/<spec> (default {DEFAULT_SERVER}, "
                    "or BINDERLESS_SERVER)")
@@ -148,7 +150,7 @@ def _resolve(args: argparse.Namespace) -> int:
     client = guarded_client(UrlGuard(enforce=settings.mode == "aws"), inner=transport)
     try:
         result = resolve_link(args.target, ProviderRegistry(settings, client),
-                              server=args.server, offline=args.offline)
+                              server=args.server, offline=args.offline, cwd=os.getcwd())
     except BinderlessError as exc:
         print(f"binderless resolve: {exc.user_message()}", file=sys.stderr)
         return 1
@@ -268,7 +270,9 @@ async def _run_server(service: LaunchService, *, demo: bool) -> int:
         print(f"Launching the bundled example; its link is:\n  {link}", flush=True)
         example = asyncio.ensure_future(asyncio.to_thread(_demo_launch, link))
     await stop.wait()
-    print("Stopping" + ("" if settings.keep_sessions_on_exit else " (and its sessions)") + "...",
+    print("Stopping binderless" + (" (its sessions keep running; the next serve adopts them)"
+                                   if settings.keep_sessions_on_exit
+                                   else " and its sessions") + "...",
           flush=True)
     await listener.close()
     if example is not None and not example.done():
@@ -308,12 +312,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(run_deployment(args))
     if args.command == "launch":
         from .client import run_launch
+        from .errors import BadLink
 
         try:
             outcome = run_launch(args.target, server=args.server, build_only=args.build_only,
-                                 verbose=args.verbose)
-        except ValueError as exc:
-            parser.exit(2, f"binderless launch: {exc}\n")
+                                 verbose=args.verbose, cwd=os.getcwd())
+        except BadLink as exc:
+            parser.exit(2, f"binderless launch: {exc.user_message()}\n")
         if outcome.ok and args.open and outcome.open_url:
             webbrowser.open(outcome.open_url)
         sys.exit(0 if outcome.ok else 1)

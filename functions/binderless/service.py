@@ -58,6 +58,14 @@ __all__ = ["LaunchRequest", "LaunchService", "queue_message", "record_launch"]
 log = logging.getLogger("binderless.service")
 
 PROBE_INTERVAL = 0.05
+#: What the ``built`` events say (see ``LaunchService._words``).
+BUILT_WORDS = {
+    "found": {"image": "Found built image, launching...\n",
+              "environment": "Found the built environment, launching...\n"},
+    "built": {"image": "Built image, launching...\n",
+              "environment": "Built the environment, launching...\n"},
+    "finished": {"image": "Built image.\n", "environment": "Built the environment.\n"},
+}
 #: When the readiness probe first asks the spawner whether the server still runs, and the
 #: longest wait between two questions (on AWS each is an API call; the HTTP probe itself
 #: runs every PROBE_INTERVAL). The waits double in between.
@@ -470,7 +478,7 @@ class LaunchService:
         (possibly in another process) whose build log this launch follows."""
         image = await self.builder.find(plan)
         if image is not None:
-            self.emit(launch_id, Phase.BUILT, "Found built image, launching...\n",
+            self.emit(launch_id, Phase.BUILT, self._words("found"),
                       imageName=image.name)
             return image
         self.store.update_launch(launch_id, built=1)
@@ -486,7 +494,7 @@ class LaunchService:
             image = await self.builder.find(plan)  # finished elsewhere just before the claim?
             if image is not None:
                 self.store.finish_build(plan.key, "built", image.name, owner=self.instance_id)
-                self.emit(launch_id, Phase.BUILT, "Found built image, launching...\n",
+                self.emit(launch_id, Phase.BUILT, self._words("found"),
                           imageName=image.name)
                 return image
             task = asyncio.create_task(self._build(plan, checkout, claim.stream))
@@ -513,7 +521,8 @@ class LaunchService:
                 raise BuildFailed("The build this launch was following did not finish.",
                                   hint="Launch the repository again.")
         image = built
-        self.emit(launch_id, Phase.BUILT, "Built image, launching...\n", imageName=image.name)
+        self.emit(launch_id, Phase.BUILT, self._words("built"),
+                  imageName=image.name)
         return image
 
     async def _follow_build(self, launch_id: str, stream: str,
@@ -537,6 +546,13 @@ class LaunchService:
                 continue
             self.emit(launch_id, event.phase or Phase.BUILDING, event.message)
         return None
+
+    def _words(self, moment: str) -> str:
+        """The ``built`` message, in words true for what the builder makes: BinderHub's own
+        where it makes images, "environment" where it makes a virtual environment (the uv
+        builder's ``artifact``). The phase stays the protocol's."""
+        artifact = getattr(self.builder, "artifact", "image")
+        return BUILT_WORDS[moment]["environment" if artifact == "environment" else "image"]
 
     def _forget_build(self, key: str) -> Callable[[asyncio.Task[ImageRef]], None]:
         def forget(_task: asyncio.Task[ImageRef]) -> None:
@@ -573,7 +589,8 @@ class LaunchService:
         except BinderlessError as exc:  # the first start does it again
             log.warning("could not prepare %s for starts: %s", image.name, exc.message)
         self.store.finish_build(plan.key, "built", image.name, owner=self.instance_id)
-        self.events.append(stream, Event(Phase.BUILT, "Built image.\n", {"imageName": image.name}))
+        self.events.append(stream, Event(Phase.BUILT, self._words("finished"),
+                                         {"imageName": image.name}))
         return image
 
     # ----- readiness, sessions ---------------------------------------------------------

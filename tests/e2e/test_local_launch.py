@@ -41,7 +41,8 @@ def test_build_stream_follows_the_binderhub_protocol(live_server: LiveServer,
     phases = [p for i, p in enumerate(stream.phases) if i == 0 or p != stream.phases[i - 1]]
     assert phases == ["waiting", "fetching", "building", "built", "launching", "ready"], stream.text()
     built = next(e for e in stream.events if e["phase"] == "built")
-    assert built["message"] == "Built image, launching...\n"
+    # The protocol's phase, in words true locally: uv builds no image.
+    assert built["message"] == "Built the environment, launching...\n"
     assert built["imageName"]
 
     ready = stream.final
@@ -89,7 +90,7 @@ def test_environment_is_reused_across_launches_and_notebook_commits(
     second = read_stream(build_url(live_server, file_spec(repo)))
     assert "building" not in second.phases
     built = next(e for e in second.events if e["phase"] == "built")
-    assert built["message"] == "Found built image, launching...\n"
+    assert built["message"] == "Found the built environment, launching...\n"
     assert second.final["phase"] == "ready"
 
     (repo / "index.ipynb").write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4,

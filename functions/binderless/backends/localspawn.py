@@ -212,7 +212,10 @@ class LocalSpawner:
             raise
         self._children[spec.session_id] = proc
         who = f" as user id {uid}" if uid is not None else ""
-        log(f"Started Jupyter (process {proc.pid}){who} on port {port}\n")
+        # Visitors read this line; the process and port are for the server's log.
+        log("Starting Jupyter...\n")
+        logging.getLogger(__name__).info("session %s: Jupyter is process %d%s on port %d",
+                                         spec.session_id, proc.pid, who, port)
         return SessionHandle(session_id=spec.session_id, target=f"http://127.0.0.1:{port}",
                              backend_id=str(proc.pid))
 

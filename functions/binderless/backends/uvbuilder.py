@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import sys
@@ -65,6 +66,8 @@ def uv_binary() -> str:
 
 class UvBuilder:
     name = "uv"
+    #: What it builds, in the words launches show ("Built the environment, launching...").
+    artifact = "environment"
 
     def __init__(self, settings: Settings, *, uids: UidPool | None = None) -> None:
         """``uids``: where builds get their uid when sessions are isolated (share the
@@ -247,19 +250,98 @@ class UvBuilder:
                     await asyncio.to_thread(kill_uid, uid)
                 _keep_changes(work, before, env_dir / "home")
         except ProcessFailed as exc:
-            last = next((line for line in reversed(exc.tail) if line.strip()), "")
-            if exc.returncode is None:
-                what = f"Building the environment took too long ({step})."
-            else:
-                what = f"Building the environment failed while {step}" if step.startswith(
-                    ("creating", "installing")) else f"{step} failed (exit code {exc.returncode})"
-                what = what.rstrip(".") + "."
-            hint = f"The last line of the build log was: {last}" if last else ""
-            if plan.requirements and step.startswith("installing"):
-                hint += ("\nPackages from environment.yml are installed with pip here; "
-                         "conda-only packages need --builder docker.")
-            raise BuildFailed(what, hint=hint.strip()) from exc
+            raise _build_failure(plan, step, exc, work) from exc
 
+
+def _build_failure(plan: EnvironmentPlan, step: str, exc: ProcessFailed,
+                   work: Path) -> BuildFailed:
+    """The error a failed build step becomes: what failed, uv's reason once, and, when the
+    repository is at fault, the file and line to fix."""
+    if exc.returncode is None:
+        return BuildFailed(f"Building the environment took too long ({step}).",
+                           hint="A build that downloads a lot may pass when tried again; "
+                           "one that always takes this long needs a smaller environment.")
+    cause = _cause(exc.tail)
+    if not step.startswith(("creating", "installing")):
+        # postBuild (or another script of the repository) exited non-zero.
+        return BuildFailed(f"{step} failed (exit code {exc.returncode}).",
+                           hint=f"Its last output was: {cause}" if cause else "",
+                           fault="repository", file=step)
+    if step.startswith("creating"):
+        return BuildFailed("Building the environment failed while creating the Python "
+                           "environment.", hint=f"uv said: {cause}" if cause else "")
+    files = list(plan.requirement_files)
+    if plan.requirements:
+        files += [f for f in ("environment.yml", "binder/environment.yml", ".binder/"
+                              "environment.yml") if (work / f).is_file()]
+    file, line, text = _culprit(exc.tail, files, work)
+    what = "Building the environment failed while installing the packages" + (
+        f" of {file}." if file else ".")
+    hint = f"uv said: {cause}" if cause else ""
+    if file and line:
+        hint += f"\nFix line {line} of {file}: {text}"
+    if plan.requirements and step.startswith("installing"):
+        hint += ("\nPackages from environment.yml are installed with pip here; "
+                 "conda-only packages need --builder docker.")
+    # uv stops at what the repository asks for (a package that does not exist, a typo, a
+    # version conflict) before it installs anything; a failure with no file named may
+    # still be the network's or the index's.
+    fault = "repository" if file or "No solution found" in "\n".join(exc.tail) else "server"
+    return BuildFailed(what, hint=hint.strip(), fault=fault, file=file, line=line)
+
+
+def _cause(tail: list[str]) -> str:
+    """uv's reason, in one line: its ``cause:`` lines when it gives them (the last line
+    of the log may be a caret under the requirement), else the last line."""
+    lines = [line.strip() for line in tail if line.strip()]
+    causes = [line.removeprefix("cause:").strip() for line in lines
+              if line.startswith("cause:")]
+    if causes:
+        return " ".join(causes)
+    errors = [line.removeprefix("error:").strip() for line in lines if line.startswith("error:")]
+    return errors[-1] if errors else (lines[-1] if lines else "")
+
+
+PARSE_ERROR_RE = re.compile(r"parse requirement in `([^`]+)` at position (\d+)")
+REQUIREMENT_NAME_RE = re.compile(r"^\s*-?\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def _culprit(tail: list[str], files: list[str], work: Path) -> tuple[str, int, str]:
+    """``(file, line, its text)`` of the requirement uv's output blames; ``("", 0, "")``
+    when none can be told. uv names the file and byte offset of a line it cannot parse,
+    and the package it cannot find or fit."""
+    log = "\n".join(tail)
+
+    def read(name: str) -> list[str]:
+        try:
+            return (work / name).read_text(errors="replace").splitlines()
+        except (OSError, ValueError):
+            return []
+
+    parse = PARSE_ERROR_RE.search(log)
+    if parse and parse.group(1) in files:
+        offset = int(parse.group(2))
+        try:
+            before = (work / parse.group(1)).read_bytes()[:offset]
+        except OSError:
+            return parse.group(1), 0, ""
+        number = before.count(b"\n") + 1
+        lines = read(parse.group(1))
+        return parse.group(1), number, lines[number - 1].strip() if number <= len(lines) else ""
+    # Only uv's error (from its first "error:" line) names the culprit: the progress above
+    # it names every package.
+    start = next((i for i, line in enumerate(tail) if line.lstrip().startswith("error:")), 0)
+    error = "\n".join(tail[start:]).lower().replace("_", "-")
+    said = set(re.findall(r"[a-z0-9][a-z0-9._-]*", error))
+    for name in files:
+        for number, text in enumerate(read(name), start=1):
+            match = REQUIREMENT_NAME_RE.match(text)
+            if match and not text.lstrip().startswith("#") and \
+                    match.group(1).lower().replace("_", "-") in said:
+                if name.endswith("environment.yml") and text.rstrip().endswith(":"):
+                    continue  # a YAML key (dependencies:, pip:), not a package
+                return name, number, text.strip()
+    return "", 0, ""
 
 def _running(pid: int) -> bool:
     try:
