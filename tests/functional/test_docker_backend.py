@@ -207,10 +207,13 @@ def test_spawner_runs_stops_and_watches_a_container(
     [run] = engine.calls("run")
     [container_id] = engine.containers()
     assert handle == SessionHandle(spec.session_id, f"http://127.0.0.1:{PORT}", container_id)
-    assert lines == [f"Started container {container_id[:12]} of {spec.image.name} on port {PORT}\n"]
+    assert lines == [f"Started container {container_id[:12]} of {spec.image.name} on port "
+                     f"{PORT} (published)\n"]
     assert run[:3] == ["run", "-d", "--rm"]
     assert option_values(run, "--name") == [f"binderless-{spec.session_id}"]
+    assert engine.calls("network") == [["network", "inspect", "--format", "{{.Name}}", "bridge"]]
     assert option_values(run, "-p") == ["127.0.0.1::8888"]  # loopback only, and nothing else
+    assert "--network" not in run
     assert "-P" not in run and "--publish-all" not in run
     assert option_values(run, "--pull") == ["never"]
     assert option_values(run, "--label") == [f"binderless.session={spec.session_id}"]
@@ -347,3 +350,72 @@ def test_uv_environments_are_refused(engine: FakeEngine, settings: Settings) -> 
         asyncio.run(DockerSpawner(settings).start(spec, lambda line: None))
     assert engine.calls() == []
 
+
+
+# ----- engines without a bridge network (dockerd --bridge=none) ---------------------------
+# tests/containers launches for real on such an engine; these cover what it cannot show:
+# the choice on an engine with a bridge, and the error when a port is not published.
+
+
+def test_without_a_bridge_the_session_shares_the_host_network_on_loopback(
+    engine: FakeEngine, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_DOCKER_NO_BRIDGE", "1")
+    spec = make_spec(settings)
+    engine.add_image(spec.image.name)
+    spawner = DockerSpawner(settings)
+    lines: list[str] = []
+
+    handle = asyncio.run(spawner.start(spec, lines.append))
+
+    assert spawner.network == "host"
+    [run] = engine.calls("run")
+    assert option_values(run, "--network") == ["host"] and "-p" not in run
+    command = run[run.index(spec.image.location) + 1:]
+    assert "--ip=127.0.0.1" in command  # never all of the host's addresses
+    [port] = [int(a.split("=", 1)[1]) for a in command if a.startswith("--port=")]
+    assert handle.target == f"http://127.0.0.1:{port}" and port != 8888
+    assert not engine.calls("port")  # nothing is published, so nothing is asked
+    assert lines[-1].endswith(f"on port {port} (in the host's network)\n")
+    # The engine is asked once per spawner.
+    asyncio.run(spawner.start(make_spec(settings, session_id="s2"), lines.append))
+    assert len(engine.calls("network")) == 1
+
+
+def test_a_running_container_without_a_published_port_is_named_as_such(
+    engine: FakeEngine, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_DOCKER_NO_BRIDGE", "1")
+    spec = make_spec(settings)
+    engine.add_image(spec.image.name)
+    spawner = DockerSpawner(settings, network="bridge")  # as if the engine had lied
+
+    with pytest.raises(LaunchFailed) as failed:
+        asyncio.run(spawner.start(spec, lambda line: None))
+
+    assert failed.value.message == ("The session's container is running, but Docker "
+                                    "published no port for Jupyter.")
+    assert "without a bridge network" in failed.value.hint
+    assert "stopped" not in failed.value.message
+    assert engine.containers() == {}  # the unreachable container was stopped
+
+
+def test_builds_on_an_engine_without_a_bridge_use_the_host_network_and_no_repo_config(
+    engine: FakeEngine, settings: Settings, fixture_repo: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("FAKE_DOCKER_NO_BRIDGE", "1")
+    repo = fixture_repo("python-requirements")
+    (repo / "repo2docker_config.py").write_text(
+        f"open({str(tmp_path / 'pwned')!r}, 'w').write('ran')\n")
+    monkeypatch.chdir(repo)  # even a server started inside a checkout loads no config file
+    builder = DockerBuilder(settings)
+    lines: list[str] = []
+
+    asyncio.run(builder.build(builder.plan(repo), repo, lines.append))
+
+    [build] = engine.calls("buildx", "build")
+    assert "--network=host" in build
+    assert "The Docker engine has no bridge network: build steps use the host's network.\n" \
+        in lines
+    assert not (tmp_path / "pwned").exists()

@@ -73,8 +73,8 @@ env:
 phases:
   install:
     commands:
-      - nohup dockerd --host=unix:///var/run/docker.sock --storage-driver=overlay2 > /var/log/dockerd.log 2>&1 &
-      - timeout 60 sh -c 'until docker info > /dev/null 2>&1; do sleep 1; done' || (tail -n 20 /var/log/dockerd.log; exit 1)
+      - nohup dockerd --host=unix:///var/run/docker.sock --storage-driver=overlay2 $DOCKERD_ARGS > /var/log/dockerd.log 2>&1 &
+      - timeout 60 sh -c 'until docker version > /dev/null 2>&1; do sleep 1; done' || (tail -n 20 /var/log/dockerd.log; exit 1)
   pre_build:
     commands:
       - python3 {RUNNER_SCRIPT} login

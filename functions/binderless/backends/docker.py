@@ -11,6 +11,13 @@ shared by every commit and repository with the same environment files. A session
 container named ``binderless-<session id>`` with the session's checkout mounted as the home,
 publishing Jupyter's port on 127.0.0.1 only; the token travels in the environment, never
 on a command line.
+
+Engines without a bridge network (``dockerd --bridge=none``, as in the project's tests)
+publish no ports and fail every ``RUN`` step that needs a network: there, builds use
+``--network=host`` and each container shares the host's network with Jupyter listening on
+a free port of 127.0.0.1 (the host network mode). The engine is asked once which applies.
+repo2docker runs from a folder binderless owns with an explicit, empty configuration, so a
+``repo2docker_config.py`` in a checkout or in the server's directory is never executed.
 """
 
 from __future__ import annotations
@@ -21,11 +28,14 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Literal
 
 from ..envplan import EnvironmentPlan, plan_environment
 from ..errors import BinderlessError, BuildFailed, LaunchFailed
@@ -59,6 +69,13 @@ _DECORATION = re.compile(r"^[-=\s]*$")
 #: Engine-side "this container is already gone" answers of ``docker stop``.
 _GONE = ("no such container", "no such object", "is not running", "is already in progress")
 
+#: How session containers reach the network: published ports on Docker's default bridge,
+#: or the host's network (engines without a bridge), ``auto`` asking the engine.
+NetworkMode = Literal["auto", "bridge", "host"]
+#: repo2docker's configuration file for binderless's builds: deliberately empty (see
+#: ``_empty_config``); named explicitly so repo2docker never loads one from its directory.
+R2D_CONFIG_NAME = "repo2docker_config.py"
+
 
 @dataclass(frozen=True)
 class _EngineProblem:
@@ -83,6 +100,12 @@ def _engine_problem(output: str, instead: str) -> _EngineProblem | None:
             "Docker is not running: no Docker engine answered.",
             "Start Docker (Docker Desktop, or `sudo systemctl start docker`) and launch again, "
             + instead)
+    if "network bridge not found" in text:
+        return _EngineProblem(
+            "The Docker engine has no bridge network, so a build step or container had no "
+            "network.",
+            "binderless uses the host's network on such engines when it starts; restart "
+            "binderless, " + instead)
     if "the buildx plugin must be installed" in text:
         return _EngineProblem(
             "Docker's buildx plugin is not installed; repo2docker builds with `docker buildx`.",
@@ -148,6 +171,34 @@ async def _docker(args: Sequence[str], *, timeout: float = CLI_TIMEOUT,
                    (err or b"").decode(errors="replace"))
 
 
+BRIDGE_QUERY = ("network", "inspect", "--format", "{{.Name}}", "bridge")
+
+
+def _has_bridge(answer: _Output, instead: str) -> bool:
+    """Whether ``docker network inspect bridge`` found Docker's default bridge network
+    (``dockerd --bridge=none`` has none). An engine that did not answer raises
+    ``BinderlessError`` rather than being taken for one without a bridge."""
+    if answer.returncode == 0:
+        return True
+    problem = _engine_problem(answer.text, instead)
+    if problem is not None and "no bridge network" not in problem.message:
+        raise BinderlessError(problem.message, hint=problem.hint)
+    return False
+
+
+def free_loopback_port() -> int:
+    """A port of 127.0.0.1 free right now (for Jupyter in the host network mode)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _empty_config(folder: Path) -> Path:
+    config = folder / R2D_CONFIG_NAME
+    config.write_text("# binderless passes every repo2docker setting on the command line.\n")
+    return config
+
+
 def _repo2docker_version() -> str:
     try:
         return metadata.version("jupyter-repo2docker")
@@ -211,10 +262,16 @@ class DockerBuilder:
             return None  # the build then says what is wrong with Docker
         return self.image(plan.key) if found.returncode == 0 else None
 
-    def command(self, plan: EnvironmentPlan, checkout: Path) -> list[str]:
-        """The repo2docker command line that builds ``checkout`` into the plan's image."""
+    def command(self, plan: EnvironmentPlan, checkout: Path, *, config: Path | None = None,
+                host_network: bool = False) -> list[str]:
+        """The repo2docker command line that builds ``checkout`` into the plan's image.
+
+        ``config`` is the configuration file repo2docker loads (an empty one of
+        binderless's; never a file of the checkout). ``host_network`` runs the build steps
+        in the host's network, for engines without a bridge network."""
         return [
             sys.executable, "-m", "repo2docker",
+            *(["--config", str(config)] if config is not None else []),
             "--no-run", "--json-logs",
             "--user-id", str(USER_ID), "--user-name", USER_NAME,
             "--image-name", self.image_name(plan.key),
@@ -222,19 +279,31 @@ class DockerBuilder:
             # Without --load, a docker-container buildx builder keeps the image in its cache
             # only; repo2docker adds --load only when it runs the image itself.
             "--DockerEngine.extra_buildx_build_args=--load",
-            str(checkout),
+            *(["--DockerEngine.extra_buildx_build_args=--network=host"] if host_network else []),
+            str(checkout.absolute()),
         ]
 
     async def build(self, plan: EnvironmentPlan, checkout: Path, log: LogSink) -> ImageRef:
         image = self.image_name(plan.key)
+        try:
+            bridge = _has_bridge(await _docker(BRIDGE_QUERY), USE_UV_BUILDER)
+        except (_DockerUnavailable, BinderlessError):
+            bridge = True  # repo2docker then says, in the log too, what is wrong with Docker
         log(f"Building {image} with repo2docker {_repo2docker_version()}\n")
+        if not bridge:
+            log("The Docker engine has no bridge network: build steps use the host's network.\n")
         r2d_log = _Repo2DockerLog(log)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        try:
-            await stream_process(self.command(plan, checkout), log=r2d_log, env=env,
-                                 timeout=self.settings.build_timeout_seconds)
-        except ProcessFailed as exc:
-            raise self._failure(exc, r2d_log) from exc
+        # repo2docker executes a repo2docker_config.py from its current directory: run it
+        # from a folder of binderless's own, with an explicit empty configuration.
+        with tempfile.TemporaryDirectory(prefix="binderless-r2d-") as work:
+            cmd = self.command(plan, checkout, config=_empty_config(Path(work)),
+                               host_network=not bridge)
+            try:
+                await stream_process(cmd, log=r2d_log, env=env, cwd=Path(work),
+                                     timeout=self.settings.build_timeout_seconds)
+            except ProcessFailed as exc:
+                raise self._failure(exc, r2d_log) from exc
         built = await self.find(plan)
         if built is None:
             raise BuildFailed(
@@ -257,13 +326,17 @@ class DockerBuilder:
                            hint=hint)
 
 
-def jupyter_arguments(spec: SessionSpec) -> list[str]:
-    """The command a session's container runs; the image's entrypoint runs ``start`` first."""
+def jupyter_arguments(spec: SessionSpec, *, ip: str = "0.0.0.0",
+                      port: int = CONTAINER_PORT) -> list[str]:
+    """The command a session's container runs; the image's entrypoint runs ``start`` first.
+
+    Jupyter listens on all of the container's addresses (behind a published port), or on
+    ``ip=127.0.0.1`` and a free ``port`` when the container shares the host's network."""
     return [
         "jupyter", "lab",
         "--no-browser",
-        "--ip=0.0.0.0",
-        f"--port={CONTAINER_PORT}",
+        f"--ip={ip}",
+        f"--port={port}",
         "--port-retries=0",
         f"--ServerApp.base_url={spec.base_url}",
         "--ServerApp.allow_origin=*",
@@ -297,26 +370,49 @@ class DockerSpawner:
     """Runs each session in its own container of the environment's repo2docker image."""
 
     def __init__(self, settings: Settings, *, cli_timeout: float = CLI_TIMEOUT,
-                 run_timeout: float = RUN_TIMEOUT) -> None:
+                 run_timeout: float = RUN_TIMEOUT, network: NetworkMode = "auto") -> None:
         self.settings = settings
         self.cli_timeout = cli_timeout
         self.run_timeout = run_timeout
+        #: "bridge" or "host" once known; ``auto`` asks the engine at the first start.
+        self.network: NetworkMode = network
 
-    def run_arguments(self, spec: SessionSpec) -> list[str]:
-        """``docker run`` arguments; environment values come from the ``docker`` process."""
+    def run_arguments(self, spec: SessionSpec, *, host_port: int | None = None) -> list[str]:
+        """``docker run`` arguments; environment values come from the ``docker`` process.
+
+        With ``host_port`` the container shares the host's network and Jupyter listens on
+        127.0.0.1:``host_port``; otherwise Jupyter's port is published on 127.0.0.1 only."""
         args = [
             "run", "-d", "--rm",
             "--pull", "never",
             "--name", f"binderless-{spec.session_id}",
-            "-p", f"127.0.0.1::{CONTAINER_PORT}",
+            *(["--network", "host"] if host_port is not None
+              else ["-p", f"127.0.0.1::{CONTAINER_PORT}"]),
             "--label", f"binderless.session={spec.session_id}",
         ]
+        user = _run_as()
+        if user:
+            args += ["--user", user]
         for name in self._container_env(spec):
             args += ["-e", name]
         args += ["-v", f"{spec.home.absolute()}:{CONTAINER_HOME}"]
         if spec.project:
             args += ["-v", f"{spec.project.path.parent.absolute()}:{CONTAINER_PERSISTENT}"]
-        return [*args, spec.image.location, *jupyter_arguments(spec)]
+        jupyter = (jupyter_arguments(spec, ip="127.0.0.1", port=host_port)
+                   if host_port is not None else jupyter_arguments(spec))
+        return [*args, spec.image.location, *jupyter]
+
+    async def network_mode(self) -> NetworkMode:
+        """``bridge`` when the engine has Docker's default bridge network, else ``host``."""
+        if self.network == "auto":
+            try:
+                bridge = _has_bridge(await self._docker(BRIDGE_QUERY), USE_LOCAL_SPAWNER)
+            except BinderlessError as exc:
+                if isinstance(exc, LaunchFailed):
+                    raise
+                raise LaunchFailed(exc.message, hint=exc.hint) from exc
+            self.network = "bridge" if bridge else "host"
+        return self.network
 
     @staticmethod
     def _container_env(spec: SessionSpec) -> dict[str, str]:
@@ -353,33 +449,47 @@ class DockerSpawner:
             # The mounted checkout replaces the image's copy, whose mode repo2docker fixed.
             script = spec.home / spec.start_script
             script.chmod(script.stat().st_mode | 0o755)
+        network = await self.network_mode()
+        host_port = free_loopback_port() if network == "host" else None
+        _give_to_container_user(spec)
         env = {**os.environ, **self._container_env(spec)}
-        started = await self._docker(self.run_arguments(spec), timeout=self.run_timeout,
-                                     env=env)
+        started = await self._docker(self.run_arguments(spec, host_port=host_port),
+                                     timeout=self.run_timeout, env=env)
         container = started.stdout.strip().rsplit("\n", 1)[-1].strip()
         if started.returncode != 0 or not container:
             raise _launch_failed(f"Docker could not start a container from {image}.",
                                  started.text, last=started.last_line())
         handle = SessionHandle(spec.session_id, "", container)
         try:
-            port = await self._port(container)
+            port = host_port if host_port is not None else await self._port(container)
         except BaseException:
             with contextlib.suppress(BinderlessError):
                 await self.stop(handle)
             raise
-        log(f"Started container {container[:12]} of {image} on port {port}\n")
+        where = "in the host's network" if host_port is not None else "published"
+        log(f"Started container {container[:12]} of {image} on port {port} ({where})\n")
         return SessionHandle(spec.session_id, f"http://127.0.0.1:{port}", container)
 
     async def _port(self, container: str) -> int:
         answer = await self._docker(["port", container, f"{CONTAINER_PORT}/tcp"])
         port = _host_port(answer.stdout) if answer.returncode == 0 else None
-        if port is None:
-            raise _launch_failed(
-                "The session's container stopped right after it started.",
-                answer.text,
-                last=answer.last_line() if answer.returncode else
-                f"`docker port` answered {answer.stdout.strip()!r}")
-        return port
+        if port is not None:
+            return port
+        state = await self._docker(["inspect", "-f", "{{.State.Running}}", container])
+        if state.returncode == 0 and state.stdout.strip() == "true":
+            # Docker's own message ("No public port ... published") reads as if the
+            # container had stopped; it is running, but unreachable.
+            raise LaunchFailed(
+                "The session's container is running, but Docker published no port for "
+                "Jupyter.",
+                hint="An engine without a bridge network publishes nothing; restart "
+                     "binderless so that it uses the host's network, " + USE_LOCAL_SPAWNER)
+        logs = await self._docker(["logs", "--tail", "5", container])
+        last = next((line.strip() for line in reversed(logs.text.splitlines())
+                     if line.strip()), "")
+        raise _launch_failed(
+            "The session's container stopped right after it started.",
+            logs.text, last=last or answer.last_line())
 
     async def alive(self, handle: SessionHandle) -> bool:
         """Whether the container is running; one Docker does not know, or a Docker that
@@ -418,6 +528,31 @@ class DockerSpawner:
             with contextlib.suppress(OSError):
                 text = logfile.read_text(errors="replace")
         return [line for line in text.splitlines() if line.strip()][-lines:]
+
+
+def _run_as() -> str:
+    """``--user`` for session containers: empty (the image's uid 1000) when binderless
+    runs as root, which hands the session's files to uid 1000, or as uid 1000 itself;
+    otherwise the server's own uid and gid, the owner of the mounted home."""
+    uid = os.getuid()
+    if uid in (0, USER_ID):
+        return ""
+    return f"{uid}:{os.getgid()}"
+
+
+def _give_to_container_user(spec: SessionSpec) -> None:
+    """As root, make the mounted home (and project) the container user's: Jupyter, which
+    runs as uid 1000, writes ``~/.local`` and its log there."""
+    if os.geteuid() != 0:
+        return
+    roots = [spec.home] + ([spec.project.path] if spec.project else [])
+    for root in roots:
+        if not root.exists():
+            continue
+        os.lchown(root, USER_ID, USER_ID)
+        for folder, dirs, files in os.walk(root):
+            for name in (*dirs, *files):
+                os.lchown(os.path.join(folder, name), USER_ID, USER_ID)
 
 
 def _launch_failed(message: str, output: str, *, last: str = "") -> LaunchFailed:

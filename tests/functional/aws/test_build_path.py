@@ -731,8 +731,10 @@ def test_runner_command(tmp_path: Path) -> None:
     runner = load_runner()
     env = {"IMAGE_URI": IMAGE_URI, "CACHE_FROM": CACHE_FROM, "BASE_IMAGE": BASE_IMAGE,
            "BUILDER_VERSION": R2D_VERSION}
-    assert runner.build_command(env, context_dir=tmp_path) == [
-        "repo2docker", "--no-run", "--push", "--json-logs",
+    checkout = tmp_path / "src"
+    assert runner.build_command(env, checkout=checkout, context_dir=tmp_path) == [
+        "repo2docker", "--config", str(tmp_path / "repo2docker_config.py"),
+        "--no-run", "--push", "--json-logs",
         "--user-id", "1000", "--user-name", "jovyan",
         "--image-name", IMAGE_URI,
         "--label", "binderless.environment=0123456789abcdef0123",
@@ -741,15 +743,24 @@ def test_runner_command(tmp_path: Path) -> None:
         "--appendix", SESSION_START_APPENDIX,
         f"--DockerEngine.extra_buildx_build_args=--build-context=binderless={tmp_path}",
         "--DockerEngine.extra_buildx_build_args=--cache-to=type=inline",
-        ".",
+        str(checkout),
     ]
-    without_cache = runner.build_command({**env, "CACHE_FROM": ""})
+    # A repository's own Dockerfile drops the appendix, so it needs no named context (which
+    # engines before Docker 23 refuse); an engine without a bridge builds on the host network.
+    own = runner.build_command(env, checkout=checkout, named_context=False,
+                               host_network=True, metadata_file=tmp_path / "m.json")
+    assert not any("--build-context" in arg for arg in own)
+    assert own[-4:] == ["--DockerEngine.extra_buildx_build_args=--cache-to=type=inline",
+                        "--DockerEngine.extra_buildx_build_args=--network=host",
+                        f"--DockerEngine.extra_buildx_build_args=--metadata-file={tmp_path}/m.json",
+                        str(checkout)]
+    without_cache = runner.build_command({**env, "CACHE_FROM": ""}, checkout=checkout)
     assert "--cache-from" not in without_cache
     assert f"--DockerEngine.extra_buildx_build_args=--build-context=binderless={RUNNER}" \
         in without_cache  # the runner's own folder, where session-start lives
     for bad in ({}, {"IMAGE_URI": f"{REGISTRY}/{REPOSITORY}"}):
         with pytest.raises(runner.RunnerError):
-            runner.build_command(bad)
+            runner.build_command(bad, checkout=checkout)
     assert runner.version_problem(env) == ""
     assert "rebuild and push the runner image" in runner.version_problem(
         {**env, "BUILDER_VERSION": "2000.1.0"})
@@ -768,6 +779,7 @@ def runner_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "opt-binderless"
     folder.mkdir()
     shutil.copy2(RUNNER / "run_repo2docker.py", folder)
+    shutil.copy2(RUNNER / "repo2docker_config.py", folder)
     (folder / "session-start").write_text('#!/bin/sh\nexec "$@"\n')
     return folder
 
@@ -895,7 +907,9 @@ def test_buildspec_file_matches_the_one_sent_with_each_build() -> None:
 
 def test_runner_image_puts_the_script_beside_session_start() -> None:
     dockerfile = (RUNNER / "Dockerfile").read_text()
-    assert f"COPY build-runner/run_repo2docker.py build-runner/session-start {RUNNER_DIR}/" \
-        in dockerfile
+    assert ("COPY build-runner/run_repo2docker.py build-runner/session-start "
+            f"build-runner/repo2docker_config.py {RUNNER_DIR}/") in dockerfile
     assert f"{RUNNER_DIR}/run_repo2docker.py" == RUNNER_SCRIPT
-    assert "docker-buildx-plugin" in dockerfile and "pip install --no-cache-dir ." in dockerfile
+    # Debian's engine packages (docker.io 26 has named build contexts); tests/containers
+    # builds this image for real.
+    assert "docker-buildx" in dockerfile and "pip install --no-cache-dir --no-deps ." in dockerfile
