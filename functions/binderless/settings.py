@@ -122,6 +122,14 @@ class Settings:
     session_log_group: str = "/binderless/sessions"
     session_cpu: int = 1024
     session_memory: int = 4096
+    #: AWS: session tasks get a public address (subnets routed to an internet gateway, no
+    #: NAT; their security group still admits only the gateway).
+    session_public_ip: bool = False
+    #: AWS: signed-in users' sessions (persistent homes) run with these groups (the only
+    #: ones the file system's mount targets admit) and this role (EFS mounts through an
+    #: access point); anonymous sessions get security_groups and task_role_arn.
+    home_security_groups: tuple[str, ...] = ()
+    home_task_role_arn: str = ""
     # Sign-in and persistent workspaces (docs/workspaces.md)
     #: auto: OpenID Connect when oidc_issuer is set, else the local user on a local server
     #: listening on loopback, else off (anonymous launches only).

@@ -41,6 +41,7 @@ from binderless.providers.git import GitProvider
 from binderless.service import LaunchService
 from binderless.settings import Settings
 from binderless.urlguard import UrlGuard
+from tests.aws_api_rules import enforce_api_rules
 from tests.aws_network import session_network
 from tests.conftest import file_spec, free_port, git
 from tests.e2e.aws_standins import LocalCodeBuildProject, LocalFargateTasks, LocalImages
@@ -87,7 +88,9 @@ class Moto:
         if service == "s3":  # the gateway's own config, with path-style URLs on an IP
             config = client_config().merge(Config(s3={"addressing_style": "path"}))
         with self._lock:
-            return self._session.client(service, endpoint_url=self.endpoint, config=config)
+            client = self._session.client(service, endpoint_url=self.endpoint, config=config)
+        # What AWS refuses and moto accepts (ListTasks' filters) fails here too.
+        return enforce_api_rules(client) if service == "ecs" else client
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,23 @@ class EcrRegistry:
                 return str(image["imageDigest"])
         return None
 
+    def size_bytes(self, image_uri: str) -> int | None:
+        """The compressed size ECR reports for ``image_uri`` (a tag of this repository),
+        or ``None`` when it is not one of this repository's, or ECR does not know it."""
+        prefix = f"{self.registry_uri}/{self.repository}:"
+        if not image_uri.startswith(prefix):
+            return None
+        try:
+            answer = self.client.describe_images(repositoryName=self.repository,
+                                                 imageIds=[{"imageTag": image_uri[len(prefix):]}])
+        except Exception as exc:
+            if error_code(exc) in _NOT_FOUND:
+                return None
+            raise
+        sizes = [int(i["imageSizeInBytes"]) for i in answer.get("imageDetails", [])
+                 if i.get("imageSizeInBytes")]
+        return max(sizes) if sizes else None
+
     def ensure_repository(self) -> bool:
         """Create the repository unless it exists; ``True`` when it was created now.
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,11 +27,13 @@ __all__ = [
     "CONTAINER_USER",
     "PERSISTENT_PATH",
     "SESSION_TAG",
+    "STARTED_BY",
     "EfsMount",
     "FargateTasks",
     "TaskDefinitionMissing",
     "TaskState",
     "definition_digest",
+    "ephemeral_storage_gib",
     "task_family",
 ]
 
@@ -48,6 +51,8 @@ _CLIENT_TOKEN_MAX = 64
 _DESCRIBE_MAX = 100
 #: The tag naming the session a task serves.
 SESSION_TAG = "binderless:session"
+#: RunTask's ``startedBy`` of every session task (ListTasks finds them by it).
+STARTED_BY = "binderless"
 
 #: Words of ECS answers meaning the account hit a limit: a quota, not a fault.
 _LIMIT_MARKERS = ("reached the limit", "limit exceeded", "rate exceeded", "too many")
@@ -56,6 +61,31 @@ _CAPACITY_MARKERS = ("capacity is unavailable", "insufficient capacity", "resour
 _THROTTLED_CODES = {"ThrottlingException", "Throttling", "TooManyRequestsException",
                     "LimitExceededException", "RequestLimitExceeded"}
 _TRY_LATER = "Try again in a few minutes."
+
+
+#: Fargate's ephemeral storage: 20 GiB unless the task definition asks for 21 to 200.
+#: It holds the unpacked image layers as well as what the session writes.
+EPHEMERAL_DEFAULT_GIB = 20
+EPHEMERAL_MAX_GIB = 200
+#: An image unpacks to about this many times its compressed size in ECR (repo2docker's
+#: conda and pip layers compress about 3:1).
+UNPACKED_RATIO = 3.0
+#: Room left for the session's own files beyond the unpacked image.
+WORK_SPACE_GIB = 5.0
+_GIB = 1024 ** 3
+
+
+def ephemeral_storage_gib(compressed_bytes: int | None) -> int | None:
+    """The ``ephemeralStorage.sizeInGiB`` a task of an image this large needs: ``None``
+    (Fargate's free 20 GiB) when that holds the unpacked image and some room to work, else
+    enough for both, at least 21 and at most 200 (an image too large for 200 GiB still
+    gets 200: the pull fails with a message naming the space)."""
+    if not compressed_bytes or compressed_bytes <= 0:
+        return None
+    needed = compressed_bytes * UNPACKED_RATIO / _GIB + WORK_SPACE_GIB
+    if needed <= EPHEMERAL_DEFAULT_GIB:
+        return None
+    return min(EPHEMERAL_MAX_GIB, max(EPHEMERAL_DEFAULT_GIB + 1, math.ceil(needed)))
 
 
 @dataclass(frozen=True)
@@ -188,9 +218,14 @@ class FargateTasks:
     # ----- task definitions --------------------------------------------------------------
 
     def task_definition(self, image_uri: str, *, family: str, cpu: int, memory: int,
-                        container_port: int = 8888,
-                        efs: EfsMount | None = None) -> dict[str, Any]:
-        """The RegisterTaskDefinition request for these inputs (nothing is sent)."""
+                        container_port: int = 8888, efs: EfsMount | None = None,
+                        ephemeral_gib: int | None = None,
+                        task_role_arn: str | None = None) -> dict[str, Any]:
+        """The RegisterTaskDefinition request for these inputs (nothing is sent).
+
+        ``ephemeral_gib`` (21-200, see ``ephemeral_storage_gib``) asks for more than
+        Fargate's 20 GiB; ``task_role_arn`` replaces the default session role (a signed-in
+        user's own role, which may mount only that user's access point)."""
         container: dict[str, Any] = {
             "name": CONTAINER_NAME,
             "image": image_uri,
@@ -213,9 +248,13 @@ class FargateTasks:
             "cpu": str(cpu),
             "memory": str(memory),
             "executionRoleArn": self.execution_role_arn,
-            "taskRoleArn": self.task_role_arn,
+            "taskRoleArn": task_role_arn or self.task_role_arn,
             "containerDefinitions": [container],
         }
+        if ephemeral_gib is not None:
+            if not EPHEMERAL_DEFAULT_GIB < ephemeral_gib <= EPHEMERAL_MAX_GIB:
+                raise ValueError(f"ephemeral storage is 21 to 200 GiB, not {ephemeral_gib}")
+            request["ephemeralStorage"] = {"sizeInGiB": ephemeral_gib}
         if efs is not None:
             container["mountPoints"] = [{"sourceVolume": PERSISTENT_VOLUME,
                                          "containerPath": PERSISTENT_PATH, "readOnly": False}]
@@ -278,12 +317,15 @@ class FargateTasks:
 
     def run(self, task_definition: str, *, environment: Mapping[str, str],
             command: Sequence[str], client_token: str,
-            tags: Mapping[str, str] | None = None) -> str:
+            tags: Mapping[str, str] | None = None,
+            security_groups: Sequence[str] | None = None) -> str:
         """Start one task of ``task_definition`` (an ARN, or a family: its latest ACTIVE
         revision); returns its ARN. Raises ``TaskDefinitionMissing`` when there is none.
 
         ``client_token`` makes the call idempotent: ECS answers a repeated call with the
         same token with the task the first call started, so retries never start two.
+        ``security_groups`` replaces the default groups (signed-in users' sessions get the
+        groups the file system admits; anonymous ones never do).
         """
         if not client_token or len(client_token) > _CLIENT_TOKEN_MAX:
             raise ValueError(f"a RunTask client token has 1 to {_CLIENT_TOKEN_MAX} characters")
@@ -294,7 +336,7 @@ class FargateTasks:
             "launchType": "FARGATE",
             "networkConfiguration": {"awsvpcConfiguration": {
                 "subnets": list(self.subnets),
-                "securityGroups": list(self.security_groups),
+                "securityGroups": list(security_groups or self.security_groups),
                 "assignPublicIp": "ENABLED" if self.assign_public_ip else "DISABLED",
             }},
             "overrides": {"containerOverrides": [{
@@ -305,7 +347,7 @@ class FargateTasks:
             "clientToken": client_token,
             "enableExecuteCommand": False,
             "propagateTags": "TASK_DEFINITION",
-            "startedBy": "binderless",
+            "startedBy": STARTED_BY,
         }
         if tags:
             request["tags"] = _tags(tags)
@@ -346,8 +388,11 @@ class FargateTasks:
         ``binderless:session``): the reconciler's view of what runs, and how a resumed
         launch finds the task a crashed gateway started."""
         arns: list[str] = []
-        request: dict[str, Any] = {"cluster": self.cluster, "startedBy": "binderless",
-                                   "desiredStatus": "RUNNING"}
+        # startedBy must be ListTasks' only filter: AWS answers InvalidParameterException
+        # when desiredStatus, family, serviceName, launchType or containerInstance comes
+        # with it (moto does not check). The default desiredStatus is RUNNING anyway, and
+        # tasks on their way to STOPPED are dropped below from DescribeTasks' answer.
+        request: dict[str, Any] = {"cluster": self.cluster, "startedBy": STARTED_BY}
         try:
             while True:
                 answer = self.client.list_tasks(**request)
@@ -419,7 +464,7 @@ def _fingerprint(definition: Mapping[str, Any]) -> dict[str, Any]:
         volumes.append((volume.get("name"), efs.get("fileSystemId"),
                         efs.get("transitEncryption"), auth.get("accessPointId"),
                         auth.get("iam")))
-    return {
+    fingerprint: dict[str, Any] = {
         "containers": len(containers),
         "name": container.get("name"),
         "image": container.get("image"),
@@ -437,3 +482,9 @@ def _fingerprint(definition: Mapping[str, Any]) -> dict[str, Any]:
         "roles": (definition.get("executionRoleArn"), definition.get("taskRoleArn")),
         "network": definition.get("networkMode"),
     }
+    # Only when asked for: the digests (family names) of definitions without it stay as
+    # they were before ephemeral storage was sized.
+    ephemeral = (definition.get("ephemeralStorage") or {}).get("sizeInGiB")
+    if ephemeral and int(ephemeral) > EPHEMERAL_DEFAULT_GIB:
+        fingerprint["ephemeral_gib"] = int(ephemeral)
+    return fingerprint

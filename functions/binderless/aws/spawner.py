@@ -35,11 +35,12 @@ from .ecs import (
     TaskDefinitionMissing,
     TaskState,
     definition_digest,
+    ephemeral_storage_gib,
     task_family,
 )
 
-__all__ = ["AccessPoints", "CheckoutObjects", "FargateSpawner", "LogReader", "checkout_key",
-           "pack_checkout"]
+__all__ = ["AccessPoints", "CheckoutObjects", "FargateSpawner", "ImageSizes", "LogReader",
+           "checkout_key", "pack_checkout"]
 
 log = logging.getLogger("binderless.aws.spawner")
 
@@ -71,6 +72,14 @@ class AccessPoints(Protocol):
 
     def ensure(self, user_id: str, /) -> EfsMount:
         """The user's access point, made on first use."""
+        ...
+
+
+class ImageSizes(Protocol):
+    """How large an environment image is (``aws/ecr.py``'s ``EcrRegistry`` fits)."""
+
+    def size_bytes(self, image_uri: str, /) -> int | None:
+        """The image's compressed size in the registry; ``None`` when unknown."""
         ...
 
 
@@ -119,7 +128,10 @@ class FargateSpawner:
                  cpu: int = 1024, memory: int = 4096, poll_interval: float = 2.0,
                  start_timeout: float = 900.0, checkout_url_seconds: int = 3600,
                  family_prefix: str = "binderless-session-",
-                 access_points: AccessPoints | None = None) -> None:
+                 access_points: AccessPoints | None = None,
+                 image_sizes: ImageSizes | None = None,
+                 home_security_groups: tuple[str, ...] = (),
+                 home_task_role_arn: str = "") -> None:
         if cpu <= 0 or memory <= 0 or poll_interval < 0 or start_timeout <= 0:
             raise ValueError("cpu, memory and start_timeout must be positive, "
                              "poll_interval not negative")
@@ -134,6 +146,15 @@ class FargateSpawner:
         self.family_prefix = family_prefix
         #: Persistent homes (``None``: sessions of signed-in users cannot start here).
         self.access_points = access_points
+        #: What signed-in users' sessions run with instead of the anonymous defaults: the
+        #: security groups the file system's mount targets admit, and the role that may
+        #: mount through an access point (anonymous sessions get neither).
+        self.home_security_groups = home_security_groups
+        self.home_task_role_arn = home_task_role_arn
+        #: Image sizes, to ask Fargate for the ephemeral storage a large image needs
+        #: (``None``: Fargate's default 20 GiB for every image).
+        self.image_sizes = image_sizes
+        self._ephemeral: dict[str, int | None] = {}
 
     def environment(self, spec: SessionSpec, checkout_url: str) -> dict[str, str]:
         """The task's environment: the ``BINDER_*`` variables, the token, the checkout."""
@@ -149,7 +170,13 @@ class FargateSpawner:
         log_line("Uploading the repository for the session...\n")
         url = await asyncio.to_thread(self._upload_checkout, spec)
         size = f"{self.cpu / 1024:g} vCPU, {self.memory / 1024:g} GB"
-        family, request = self.task_definition(spec.image, efs=await self._home(spec))
+        home = await self._home(spec)
+        family, request = self.task_definition(
+            spec.image, efs=home,
+            ephemeral_gib=await asyncio.to_thread(self.ephemeral_gib, spec.image))
+
+        # Only a signed-in user's session gets the groups the mount targets admit.
+        groups: dict[str, Any] = {"security_groups": self.home_security_groups} if home else {}
 
         def run() -> str:
             return self.tasks.run(
@@ -158,7 +185,8 @@ class FargateSpawner:
                 command=jupyter_arguments(spec),
                 # A retried start (or a retried request) finds the first task, never a second.
                 client_token=spec.session_id,
-                tags={SESSION_TAG: spec.session_id, "binderless:image": spec.image.key})
+                tags={SESSION_TAG: spec.session_id, "binderless:image": spec.image.key},
+                **groups)
 
         # A launch resumed after its gateway crashed may find the task that gateway started.
         task_arn = (await asyncio.to_thread(self.tasks.session_tasks)).get(
@@ -193,13 +221,31 @@ class FargateSpawner:
         """The owner's EFS access point, for a signed-in user's project."""
         if spec.project is None:
             return None
-        if self.access_points is None:
+        if self.access_points is None or not (self.home_security_groups
+                                              and self.home_task_role_arn):
             raise LaunchFailed("This server keeps no files for signed-in users on AWS.",
-                               hint="The operator should set BINDERLESS_EFS_FILE_SYSTEM_ID.")
+                               hint="The operator should set BINDERLESS_EFS_FILE_SYSTEM_ID, "
+                                    "BINDERLESS_HOME_SECURITY_GROUPS and "
+                                    "BINDERLESS_HOME_TASK_ROLE_ARN (the stack sets them).")
         return await asyncio.to_thread(self.access_points.ensure, spec.project.owner)
 
-    def task_definition(self, image: ImageRef,
-                        efs: EfsMount | None = None) -> tuple[str, dict[str, Any]]:
+    def ephemeral_gib(self, image: ImageRef) -> int | None:
+        """The ephemeral storage (GiB) tasks of ``image`` ask for; ``None``: Fargate's 20.
+        Sized once per image from its size in the registry (an image is immutable under
+        its key); when the registry cannot say, the default is tried."""
+        if self.image_sizes is None:
+            return None
+        if image.key not in self._ephemeral:
+            try:
+                size = self.image_sizes.size_bytes(image.location)
+            except Exception as exc:  # a missing size must not stop a launch
+                log.warning("cannot tell the size of %s: %s", image.location, exc)
+                return None
+            self._ephemeral[image.key] = ephemeral_storage_gib(size)
+        return self._ephemeral[image.key]
+
+    def task_definition(self, image: ImageRef, efs: EfsMount | None = None,
+                        ephemeral_gib: int | None = None) -> tuple[str, dict[str, Any]]:
         """The family and the registration request of the task definition of ``image``.
 
         The family name carries a digest of everything the definition runs (image, size,
@@ -209,7 +255,9 @@ class FargateSpawner:
         override volumes) the family is that user's own."""
         request = self.tasks.task_definition(image.location, family="", cpu=self.cpu,
                                              memory=self.memory, container_port=CONTAINER_PORT,
-                                             efs=efs)
+                                             efs=efs, ephemeral_gib=ephemeral_gib,
+                                             task_role_arn=self.home_task_role_arn
+                                             if efs else None)
         family = task_family(self.family_prefix, f"{image.key}-{definition_digest(request)}",
                              efs)
         return family, {**request, "family": family}
@@ -219,7 +267,8 @@ class FargateSpawner:
         start its tasks with one call."""
         if image.location.startswith("/"):
             return
-        _family, request = self.task_definition(image)
+        _family, request = self.task_definition(
+            image, ephemeral_gib=await asyncio.to_thread(self.ephemeral_gib, image))
         await asyncio.to_thread(self.tasks.register, request)
 
     def _upload_checkout(self, spec: SessionSpec) -> str:

@@ -50,7 +50,7 @@ class TasksFactory(Protocol):
 
     def __call__(self, client: Any, /, *, cluster: str, subnets: Sequence[str],
                  security_groups: Sequence[str], execution_role_arn: str, task_role_arn: str,
-                 log_group: str) -> FargateTasks: ...
+                 log_group: str, assign_public_ip: bool = ...) -> FargateTasks: ...
 
 
 @dataclass(frozen=True)
@@ -85,9 +85,10 @@ def aws_service(settings: Settings, client_factory: ClientFactory,
                                  overrides=seams.providers)
     logs = LogReader(client_factory("logs"))
     objects = S3Objects(client_factory("s3"), settings.aws_bucket)
+    registry = EcrRegistry(client_factory("ecr"), registry_uri=settings.ecr_registry,
+                           repository=settings.ecr_repository)
     builder = CodeBuildBuilder(
-        registry=EcrRegistry(client_factory("ecr"), registry_uri=settings.ecr_registry,
-                             repository=settings.ecr_repository),
+        registry=registry,
         sources=objects, project=seams.project(client_factory("codebuild"),
                                                settings.codebuild_project),
         logs=logs, base_image=settings.base_image, timeout=settings.build_timeout_seconds)
@@ -95,14 +96,18 @@ def aws_service(settings: Settings, client_factory: ClientFactory,
                         subnets=settings.subnets, security_groups=settings.security_groups,
                         execution_role_arn=settings.execution_role_arn,
                         task_role_arn=settings.task_role_arn,
-                        log_group=settings.session_log_group)
+                        log_group=settings.session_log_group,
+                        assign_public_ip=settings.session_public_ip)
     # Signed-in users' homes: their EFS access points for the tasks, and the file
     # system's home root as the gateway mounts it (workspaces_dir) for their projects.
     homes = settings.workspaces_root if settings.efs_file_system_id else None
     access_points = EfsAccessPoints(client_factory("efs"), settings.efs_file_system_id,
                                     home_root=settings.efs_home_root) if homes else None
     spawner = FargateSpawner(tasks, objects, logs, cpu=settings.session_cpu,
-                             memory=settings.session_memory, access_points=access_points)
+                             memory=settings.session_memory, access_points=access_points,
+                             image_sizes=registry,
+                             home_security_groups=settings.home_security_groups,
+                             home_task_role_arn=settings.home_task_role_arn)
     if seams.poll_interval is not None:
         state.poll_interval = builder.poll_interval = seams.poll_interval
         spawner.poll_interval = seams.poll_interval

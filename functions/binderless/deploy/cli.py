@@ -59,6 +59,10 @@ def add_parsers(sub: Any) -> None:
     deploy_parser.add_argument("--dry-run", action="store_true",
                                help="write the packaged templates and the plan to --output; "
                                "make no AWS call")
+    deploy_parser.add_argument("--estimate", action="store_true",
+                               help="print what the deployment would cost (idle a month, "
+                               "a session-hour, a build) for both network layouts, from the "
+                               "generated templates and infra/prices.yaml; make no AWS call")
     deploy_parser.add_argument("--output", type=Path, metavar="DIR",
                                help="where the packaged files go (required with --dry-run; "
                                "default: a temporary folder)")
@@ -119,15 +123,19 @@ def deploy(args: argparse.Namespace, *, clients: ClientFactory | None, out: Text
     from .plan import check_stack_name, deploy_plan
     from .templates import ROOT, load_fragments
 
+    if args.dry_run and args.estimate:
+        raise DeployError("--estimate prints the costs only; --dry-run prints them too")
     if args.dry_run and args.output is None:
         raise DeployError("--dry-run writes into --output DIR; give one")
-    stack = check_stack_name(args.stack or ("binderless" if args.dry_run else ""))
+    offline = args.dry_run or args.estimate  # no AWS call at all
+    stack = check_stack_name(args.stack or ("binderless" if offline else ""))
     # Check the parameters before anything slow or remote happens.
     fragments = load_fragments(ROOT / "infra" / "service")
     params = parse_params(args.param, fragments.template)
     executor = None
-    if not args.dry_run:
-        region = region_of(args, environ)
+    region = (args.region or environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
+              or "us-east-1") if offline else region_of(args, environ)
+    if not offline:
         executor = AwsExecutor(clients or default_clients(region), region, out, sleep=sleep)
         executor.introduce()  # fails here, before the slow packaging, without credentials
     with tempfile.TemporaryDirectory(prefix="binderless-deploy-") as tmp:
@@ -135,7 +143,13 @@ def deploy(args: argparse.Namespace, *, clients: ClientFactory | None, out: Text
         print(f"Packaging binderless into {output}...", file=out, flush=True)
         packaged = (packager or package)(output, environ=environ)
         plan = deploy_plan(packaged, stack, params, operator_parameters(fragments.template))
+        costs = cost_lines(packaged.service_template, region, params)
+        if args.estimate:
+            print("\n".join(costs), file=out)
+            return 0
+        print("\n".join(costs), file=out, flush=True)
         if args.dry_run:
+            (output / "estimate.txt").write_text("\n".join(costs) + "\n")
             with open(output / "plan.txt", "w") as plan_file:
                 PrintExecutor(plan_file).execute(plan)
             print(f"Dry run: the packaged templates are in {output}; a deployment of "
@@ -145,6 +159,16 @@ def deploy(args: argparse.Namespace, *, clients: ClientFactory | None, out: Text
         assert executor is not None
         executor.execute(plan)
     return 0
+
+
+def cost_lines(template: dict[str, Any], region: str, params: Mapping[str, str]) -> list[str]:
+    """The estimate of the packaged service template, and of the other network layout."""
+    from .estimate import layouts
+
+    chosen, other = layouts(template, region, params)
+    return [*chosen.lines(),
+            f"  with NetworkLayout={other.layout} instead: ${other.idle_month:.2f} a month "
+            f"idle, ${other.session_hour:.4f} a session-hour"]
 
 
 def destroy(args: argparse.Namespace, *, clients: ClientFactory | None, out: TextIO,

@@ -141,6 +141,9 @@ def cloud(tmp_path: Path, task_server: None) -> Iterator[Cloud]:
             fs = clients["efs"].create_file_system(CreationToken="homes")["FileSystemId"]
             cloud = Cloud(clients, fs, tmp_path / "efs-homes", tmp_path / "repos")
             cloud.clients["subnet"], cloud.clients["group"] = subnet, group
+            cloud.clients["home_group"] = clients["ec2"].create_security_group(
+                GroupName="home-sessions", Description="home sessions",
+                VpcId=network.vpc)["GroupId"]
 
             def record(name: str) -> Any:
                 def hook(params: dict[str, Any], **_: Any) -> None:
@@ -170,6 +173,9 @@ def cloud(tmp_path: Path, task_server: None) -> Iterator[Cloud]:
             state_manager.unset_transition("ecs::task")
 
 
+HOME_ROLE = "arn:aws:iam::123456789012:role/home-sessions"
+
+
 def gateway(cloud: Cloud, tmp_path: Path) -> LaunchService:
     settings = Settings(
         mode="aws", state_dir=tmp_path / "state", aws_table="binderless", aws_bucket=BUCKET,
@@ -178,6 +184,7 @@ def gateway(cloud: Cloud, tmp_path: Path) -> LaunchService:
         security_groups=(cloud.clients["group"],),
         execution_role_arn="arn:aws:iam::123456789012:role/exec",
         task_role_arn="arn:aws:iam::123456789012:role/task",
+        home_task_role_arn=HOME_ROLE, home_security_groups=(cloud.clients["home_group"],),
         efs_file_system_id=cloud.file_system, workspaces_dir=str(cloud.homes),
         max_projects_per_user=5, allow_local_paths=False)
     from binderless.aws.wiring import Overrides
@@ -248,6 +255,11 @@ def test_persistent_homes_on_efs(cloud: Cloud, tmp_path: Path) -> None:
         assert run_task["taskDefinition"] == registered["family"]
         command = run_task["overrides"]["containerOverrides"][0]["command"]
         assert f"--ServerApp.root_dir={PERSISTENT_PATH}/analysis" in command
+        # Only signed-in users' sessions get the role that may mount through an access
+        # point, and the security group the mount targets admit.
+        assert registered["taskRoleArn"] == HOME_ROLE
+        network = run_task["networkConfiguration"]["awsvpcConfiguration"]
+        assert network["securityGroups"] == [cloud.clients["home_group"]]
 
         # The project lives in the user's home on the file system (the gateway's mount).
         project = cloud.homes / "alice" / "analysis"
@@ -299,6 +311,20 @@ def test_persistent_homes_on_efs(cloud: Cloud, tmp_path: Path) -> None:
         assert all(r.repo_url != "https://example.org/analysis" or r.owner != "alice"
                    for r in service.store.sessions("starting", "running"))
         assert len(access_points(cloud)) == 2
+
+        # An anonymous session: no volume, the default role, no route to the file system.
+        runs = len(cloud.calls["RunTask"])
+        launch_id = service.start(LaunchRequest(provider="dir", spec="thesis/HEAD",
+                                                launch_host="https://binder.example/"))
+        async for _ in service.events.follow(launch_id, 0, tick=0.2):
+            pass
+        anonymous = cloud.calls["RunTask"][runs:][-1]
+        assert anonymous["networkConfiguration"]["awsvpcConfiguration"]["securityGroups"] == [
+            cloud.clients["group"]]
+        definition = cloud.client("ecs").describe_task_definition(
+            taskDefinition=anonymous["taskDefinition"])["taskDefinition"]
+        assert definition["taskRoleArn"] == "arn:aws:iam::123456789012:role/task"
+        assert not definition.get("volumes")
 
     asyncio.run(scenario())
 

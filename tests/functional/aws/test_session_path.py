@@ -29,17 +29,26 @@ from typing import Any, ClassVar
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from moto import mock_aws
 from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.ecs.models import ecs_backends
 from moto.moto_api import state_manager
 
-from binderless.aws.ecs import EfsMount, FargateTasks, TaskState, task_family
+from binderless.aws.ecr import EcrRegistry
+from binderless.aws.ecs import (
+    EfsMount,
+    FargateTasks,
+    TaskState,
+    ephemeral_storage_gib,
+    task_family,
+)
 from binderless.aws.spawner import FargateSpawner, checkout_key, pack_checkout
 from binderless.backends.docker import jupyter_arguments
 from binderless.backends.protocols import ImageRef, SessionHandle, SessionSpec
 from binderless.errors import BinderlessError, LaunchFailed, QuotaExceeded
+from tests.aws_api_rules import LIST_TASKS_FILTERS, enforce_api_rules
 from tests.aws_network import session_network
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -89,7 +98,7 @@ def aws() -> Iterator[Aws]:
                      '{"Service":"ecs-tasks.amazonaws.com"},"Action":"sts:AssumeRole"}]}')
             roles = [iam.create_role(RoleName=name, AssumeRolePolicyDocument=trust)["Role"]["Arn"]
                      for name in ("execution", "session")]
-            ecs = boto3.client("ecs", region_name=REGION)
+            ecs = enforce_api_rules(boto3.client("ecs", region_name=REGION))
             ecs.create_cluster(clusterName=CLUSTER)
             logs = boto3.client("logs", region_name=REGION)
             logs.create_log_group(logGroupName=LOG_GROUP)
@@ -310,7 +319,7 @@ def test_task_definition_errors_are_translated() -> None:
 
 
 def stubbed_tasks(*, assign_public_ip: bool = False) -> tuple[FargateTasks, Stubber]:
-    client = boto3.client("ecs", region_name=REGION)
+    client = enforce_api_rules(boto3.client("ecs", region_name=REGION))
     tasks = FargateTasks(client, cluster=CLUSTER, subnets=["subnet-a", "subnet-b"],
                          security_groups=["sg-1"], execution_role_arn=EXECUTION_ROLE,
                          task_role_arn=TASK_ROLE, log_group=LOG_GROUP,
@@ -458,6 +467,54 @@ def test_stop_of_a_task_ecs_forgot_is_fine_other_errors_are_not() -> None:
             tasks.stop(TASK_ARN, "bye")
 
 
+# ----- the tasks binderless started (reconcile, resumed launches) -----------------------
+
+
+def described(arn: str, session: str, desired: str = "RUNNING") -> dict[str, Any]:
+    return {"taskArn": arn, "lastStatus": "RUNNING", "desiredStatus": desired,
+            "tags": [{"key": "binderless:session", "value": session}]}
+
+
+def test_session_tasks_lists_with_started_by_as_its_only_filter() -> None:
+    """ListTasks with startedBy takes no other filter on AWS (moto takes any): the request
+    is exactly the cluster and startedBy, paged; stopping tasks are dropped afterwards."""
+    tasks, stub = stubbed_tasks()
+    other = TASK_ARN[:-1] + "0"
+    with stub:
+        stub.add_response("list_tasks", {"taskArns": [TASK_ARN], "nextToken": "page2"},
+                          {"cluster": CLUSTER, "startedBy": "binderless"})
+        stub.add_response("list_tasks", {"taskArns": [other]},
+                          {"cluster": CLUSTER, "startedBy": "binderless", "nextToken": "page2"})
+        stub.add_response("describe_tasks", {"tasks": [
+            described(TASK_ARN, "s-running"), described(other, "s-stopping", "STOPPED")],
+            "failures": []}, {"cluster": CLUSTER, "tasks": [TASK_ARN, other], "include": ["TAGS"]})
+        assert tasks.session_tasks() == {"s-running": TASK_ARN}
+        stub.assert_no_pending_responses()
+
+
+@pytest.mark.parametrize("extra", LIST_TASKS_FILTERS)
+def test_the_api_rules_refuse_started_by_with_another_filter(extra: str) -> None:
+    """The rule hook the tests put on ECS clients answers as AWS does: the request
+    binderless used to send (startedBy with desiredStatus) fails there."""
+    client = enforce_api_rules(boto3.client("ecs", region_name=REGION))
+    with Stubber(client) as stub, pytest.raises(ClientError, match="only filter") as caught:
+        stub.add_response("list_tasks", {"taskArns": []})  # (never reached: no network)
+        client.list_tasks(cluster=CLUSTER, startedBy="binderless", **{extra: {
+            "desiredStatus": "RUNNING", "launchType": "FARGATE"}.get(extra, "x")})
+    assert caught.value.response["Error"]["Code"] == "InvalidParameterException"
+
+
+def test_session_tasks_on_moto_with_the_real_rules(aws: Aws) -> None:
+    tasks = aws.tasks()
+    definition = tasks.ensure_task_definition(IMAGE_URI, family="f", cpu=1024, memory=2048)
+    kept = tasks.run(definition, environment={}, command=["jupyter"], client_token="a",
+                     tags={"binderless:session": "s-kept"})
+    ended = tasks.run(definition, environment={}, command=["jupyter"], client_token="b",
+                      tags={"binderless:session": "s-ended"})
+    tasks.stop(ended, "culled")
+    assert tasks.session_tasks() == {"s-kept": kept}
+
+
 # ----- the spawner ----------------------------------------------------------------------
 
 
@@ -538,6 +595,78 @@ def test_spawner_stops_a_task_that_does_not_start_in_time(aws: Aws, tmp_path: Pa
     task = moto_task(progression.arn)
     assert (task.desired_status, task.stopped_reason) == (
         "STOPPED", "binderless: did not start in time")
+
+
+# ----- ephemeral storage sized from the image ----------------------------------------------
+
+GIB = 1024 ** 3
+
+
+@pytest.mark.parametrize(("compressed", "gib"), [
+    (None, None), (0, None),
+    (1 * GIB, None),          # 3 GiB unpacked + 5 to work: Fargate's free 20 GiB
+    (5 * GIB, None),          # 15 + 5 = 20: still fits
+    (5 * GIB + 1, 21),        # just over: the least Fargate accepts above the default
+    (10 * GIB, 35),
+    (100 * GIB, 200),         # more than Fargate gives: its most, and the pull says why
+])
+def test_ephemeral_storage_follows_the_image_size(compressed: int | None,
+                                                  gib: int | None) -> None:
+    assert ephemeral_storage_gib(compressed) == gib
+
+
+class Sizes:
+    def __init__(self, size: int | None) -> None:
+        self.size = size
+        self.asked: list[str] = []
+
+    def size_bytes(self, image_uri: str) -> int | None:
+        self.asked.append(image_uri)
+        return self.size
+
+
+def test_a_large_image_gets_the_ephemeral_storage_it_needs(aws: Aws, tmp_path: Path) -> None:
+    """RegisterTaskDefinition goes to moto with AWS's 21-200 GiB rule enforced."""
+    sizes = Sizes(12 * GIB)
+    fargate = spawner(aws, image_sizes=sizes)
+    Progression(aws.ecs, [("RUNNING", TASK_IP, "")])
+    handle = asyncio.run(fargate.start(session_spec(checkout(tmp_path)), print))
+    [task] = aws.ecs.describe_tasks(cluster=CLUSTER, tasks=[handle.backend_id])["tasks"]
+    definition = aws.ecs.describe_task_definition(
+        taskDefinition=task["taskDefinitionArn"])["taskDefinition"]
+    assert definition["ephemeralStorage"] == {"sizeInGiB": 41}
+    small = fargate.task_definition(session_spec(tmp_path).image)[1]
+    assert "ephemeralStorage" not in small  # the family differs from the large one's
+    asyncio.run(fargate.prepare(session_spec(tmp_path).image))  # sized once per image
+    assert sizes.asked == [IMAGE_URI]
+
+
+def test_an_unknown_size_keeps_the_default_storage(aws: Aws, tmp_path: Path) -> None:
+    class Broken:
+        def size_bytes(self, image_uri: str) -> int | None:
+            raise RuntimeError("registry down")
+
+    fargate = spawner(aws, image_sizes=Broken())
+    assert fargate.ephemeral_gib(session_spec(tmp_path).image) is None
+
+
+def test_the_registry_reports_image_sizes(aws: Aws) -> None:
+    ecr = boto3.client("ecr", region_name=REGION)
+    ecr.create_repository(repositoryName="binderless/env")
+    manifest = ('{"schemaVersion": 2, "mediaType": '
+                '"application/vnd.docker.distribution.manifest.v2+json", "config": {"size": 7, '
+                '"digest": "sha256:' + "a" * 64 + '", "mediaType": '
+                '"application/vnd.docker.container.image.v1+json"}, "layers": [{"size": '
+                '3000000000, "digest": "sha256:' + "b" * 64 + '", "mediaType": '
+                '"application/vnd.docker.image.rootfs.diff.tar.gzip"}]}')
+    ecr.put_image(repositoryName="binderless/env", imageManifest=manifest,
+                  imageTag="0123456789abcdef0123")
+    registry = EcrRegistry(ecr, registry_uri=IMAGE_URI.split("/")[0],
+                           repository="binderless/env")
+    size = registry.size_bytes(IMAGE_URI)
+    assert size is not None and size > 0
+    assert registry.size_bytes(IMAGE_URI.replace(":0123", ":9999")) is None  # no such tag
+    assert registry.size_bytes("elsewhere.example/other:tag") is None
 
 
 def test_spawner_refuses_an_image_of_the_uv_builder(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["CHECKS", "UNSCOPABLE"]
+__all__ = ["CHECKS", "RENDERED_CHECKS", "UNSCOPABLE"]
 
 Template = dict[str, Any]
 
@@ -108,42 +108,143 @@ def public_subnets(template: Template) -> set[str]:
                    and set(_refs(r["Properties"].get("GatewayId"))) & gateways}
     found = {r["Properties"]["SubnetId"]["Ref"] for r in resources.values()
              if r["Type"] == "AWS::EC2::SubnetRouteTableAssociation"
-             and r["Properties"]["RouteTableId"]["Ref"] in open_tables}
+             and r["Properties"]["RouteTableId"].get("Ref") in open_tables}
     found |= {n for n, r in resources.items() if r["Type"] == "AWS::EC2::Subnet"
               and r["Properties"].get("MapPublicIpOnLaunch") is True}
     return found
 
 
-def compute_in_public_subnets(template: Template) -> list[str]:
-    """A session (BINDERLESS_SUBNETS), a build (CodeBuild in the VPC), the gateway service or
-    the load balancer placed in a public subnet, given a public address, or a build project
-    left outside the VPC."""
-    public = public_subnets(template)
-    found = []
-    for name, resource in template["Resources"].items():
+def nat_subnets(template: Template) -> set[str]:
+    """Subnets whose route table sends traffic to a NAT gateway."""
+    resources = template["Resources"]
+    tables = {r["Properties"]["RouteTableId"]["Ref"] for r in resources.values()
+              if r["Type"] == "AWS::EC2::Route" and r["Properties"].get("NatGatewayId")}
+    return {r["Properties"]["SubnetId"]["Ref"] for r in resources.values()
+            if r["Type"] == "AWS::EC2::SubnetRouteTableAssociation"
+            and r["Properties"]["RouteTableId"].get("Ref") in tables}
+
+
+def _gateway_environment(template: Template) -> dict[str, Any]:
+    task = template["Resources"]["GatewayTaskDefinition"]["Properties"]
+    return {e["Name"]: e["Value"] for c in task["ContainerDefinitions"]
+            for e in c.get("Environment", [])}
+
+
+def _placements(template: Template) -> Iterator[tuple[str, Any, bool]]:
+    """Where compute runs: (what, its subnets, whether it gets a public address)."""
+    resources = template["Resources"]
+    env = _gateway_environment(template) if "GatewayTaskDefinition" in resources else {}
+    for name, resource in resources.items():
         props = resource.get("Properties", {})
-        kind = resource["Type"]
-        placed: Any = None
-        if kind == "AWS::ECS::Service":
+        if resource["Type"] == "AWS::ECS::Service":
             network = props["NetworkConfiguration"]["AwsvpcConfiguration"]
-            placed = network["Subnets"]
-            if network.get("AssignPublicIp") != "DISABLED":
-                found.append(f"{name}: assigns public addresses")
-        elif kind == "AWS::CodeBuild::Project":
-            if resource.get("Metadata", {}).get("binderless", {}).get("BuildsUserCode") is False:
-                continue  # binderless's own images (test_policies checks which project)
-            if "VpcConfig" not in props:
-                found.append(f"{name}: builds outside the VPC")
-                continue
-            placed = props["VpcConfig"]["Subnets"]
-        elif kind == "AWS::ElasticLoadBalancingV2::LoadBalancer":
-            placed = props["Subnets"]
-        elif kind == "AWS::Lambda::Function":
-            placed = props.get("Environment", {}).get("Variables", {}).get("BINDERLESS_SUBNETS")
-        elif kind == "AWS::ECS::TaskDefinition":
-            placed = [e["Value"] for c in props["ContainerDefinitions"]
-                      for e in c.get("Environment", []) if e["Name"] == "BINDERLESS_SUBNETS"]
-        found += [f"{name}: in the public subnet {s}" for s in _refs(placed) if s in public]
+            yield name, network["Subnets"], network.get("AssignPublicIp") == "ENABLED"
+        elif resource["Type"] == "AWS::CodeBuild::Project" and "VpcConfig" in props:
+            yield name, props["VpcConfig"]["Subnets"], False
+    yield "sessions", env.get("BINDERLESS_SUBNETS"), env.get("BINDERLESS_SESSION_PUBLIC_IP") == "true"
+
+
+def unrouted_compute(rendered: Template) -> list[str]:
+    """(On a template rendered for one layout, with a new VPC.) Compute whose subnets have
+    no way to the internet: neither an internet gateway with a public address on the
+    task, nor a NAT gateway. What ``EnableNatGateway=false`` used to make."""
+    public, nat = public_subnets(rendered), nat_subnets(rendered)
+    found = []
+    for name, subnets, addressed in _placements(rendered):
+        for subnet in _refs(subnets):
+            if not ((subnet in public and addressed) or subnet in nat):
+                found.append(f"{name}: no route to the internet from {subnet}"
+                             + (" (public subnet, no public address)" if subnet in public
+                                else ""))
+    return found
+
+
+def compute_exposed(rendered: Template) -> list[str]:
+    """(On a rendered template.) In the private layout, compute in a public subnet or with
+    a public address; in any layout, a build project inside a VPC without a NAT route."""
+    layout = rendered["Parameters"].get("NetworkLayout")
+    public = public_subnets(rendered)
+    found = []
+    for name, subnets, addressed in _placements(rendered):
+        if layout == "private" and addressed:
+            found.append(f"{name}: a public address in the private layout")
+        if layout == "private":
+            found += [f"{name}: in the public subnet {s}" for s in _refs(subnets) if s in public]
+    return found
+
+
+#: Where a security group of compute may admit traffic from: other groups of the stack (by
+#: reference) and, for the load balancer, CloudFront's origin-facing prefix list.
+def open_ingress(template: Template) -> list[str]:
+    """A security group rule admitting an address range (``CidrIp``, ``CidrIpv6``) or a
+    prefix list other than CloudFront's: tasks may have public addresses, so a security
+    group is all that keeps the internet out."""
+    resources = template["Resources"]
+    found = []
+    groups = [n for n, r in resources.items() if r["Type"] == "AWS::EC2::SecurityGroup"]
+    for group in groups:
+        for rule in _ingress(template, group):
+            if "CidrIp" in rule or "CidrIpv6" in rule:
+                found.append(f"{group}: admits {rule.get('CidrIp') or rule.get('CidrIpv6')}")
+            elif "SourcePrefixListId" in rule and rule["SourcePrefixListId"] != {
+                    "Ref": "OriginFacingPrefixListId"}:
+                found.append(f"{group}: admits the prefix list {rule['SourcePrefixListId']}")
+            elif not ("SourceSecurityGroupId" in rule or "SourcePrefixListId" in rule):
+                found.append(f"{group}: a rule with no source {rule}")
+    return found
+
+
+def _statements_of(template: Template, role: str) -> list[dict[str, Any]]:
+    props = template["Resources"][role].get("Properties", {})
+    return [st for policy in props.get("Policies", [])
+            for st in _listed(policy["PolicyDocument"]["Statement"])]
+
+
+def session_isolation(template: Template) -> list[str]:
+    """Anonymous sessions: a role with no EFS permission and a security group the mount
+    targets do not admit. Signed-in users' sessions: EFS only through an access point
+    that is not the gateway's view of every home. The file system: no mount without an
+    access point."""
+    resources = template["Resources"]
+    if "GatewayTaskDefinition" not in resources:
+        return []  # (the assets stack runs no session)
+    env = _gateway_environment(template)
+    found = []
+    anonymous_role = env["BINDERLESS_TASK_ROLE_ARN"]["Fn::GetAtt"][0]
+    for st in _statements_of(template, anonymous_role):
+        if st.get("Effect") == "Allow" and any(
+                a.startswith(("elasticfilesystem:", "*")) for a in _listed(st.get("Action", []))):
+            found.append(f"{anonymous_role}: anonymous sessions may {st.get('Action')}")
+    anonymous_groups = set(_refs(env["BINDERLESS_SECURITY_GROUPS"]))
+    for name, resource in resources.items():
+        if resource["Type"] != "AWS::EFS::MountTarget":
+            continue
+        for group in _refs(resource["Properties"]["SecurityGroups"]):
+            for rule in _ingress(template, group):
+                source = set(_refs(rule.get("SourceSecurityGroupId")))
+                if source & anonymous_groups or "CidrIp" in rule:
+                    found.append(f"{name}: {group} admits anonymous sessions ({rule})")
+    home_role = env["BINDERLESS_HOME_TASK_ROLE_ARN"]["Fn::GetAtt"][0]
+    for st in _statements_of(template, home_role):
+        actions = [a for a in _listed(st.get("Action", [])) if a.startswith(
+            ("elasticfilesystem:", "*"))]
+        if st.get("Effect") != "Allow" or not actions:
+            continue
+        condition = st.get("Condition", {})
+        if "elasticfilesystem:AccessPointArn" not in str(condition.get("ArnLike", {})):
+            found.append(f"{home_role}: {actions} without an access point")
+        if "HomesAccessPoint" not in str(condition.get("ArnNotEquals", {})):
+            found.append(f"{home_role}: may mount the gateway's view of every home")
+        if "elasticfilesystem:ClientRootAccess" in actions:
+            found.append(f"{home_role}: root access to the file system")
+    for name, resource in resources.items():
+        if resource["Type"] != "AWS::EFS::FileSystem":
+            continue
+        denies = [st for st in _listed(resource["Properties"].get("FileSystemPolicy", {})
+                                       .get("Statement", [])) if st.get("Effect") == "Deny"]
+        if not any(st.get("Condition", {}).get("Null", {}).get(
+                "elasticfilesystem:AccessPointArn") == "true" for st in denies):
+            found.append(f"{name}: mounts without an access point are not denied")
     return found
 
 
@@ -209,7 +310,14 @@ CHECKS = {
     "wildcard actions": wildcard_actions,
     "unscoped resources": unscoped_resources,
     "unencrypted data stores": unencrypted_stores,
-    "compute in public subnets": compute_in_public_subnets,
+    "open ingress": open_ingress,
+    "session isolation": session_isolation,
     "public buckets": public_buckets,
     "exposed load balancers": exposed_load_balancers,
+}
+#: Checks of a template rendered for one set of parameters (``binderless.deploy.estimate
+#: .render``): they need the conditions decided.
+RENDERED_CHECKS = {
+    "unrouted compute": unrouted_compute,
+    "compute exposed": compute_exposed,
 }

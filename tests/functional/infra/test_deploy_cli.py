@@ -171,7 +171,7 @@ def existing_vpc() -> tuple[str, ...]:
     subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.9.{i}.0/24",
                                  AvailabilityZone=f"{REGION}{zone}")["Subnet"]["SubnetId"]
                for i, zone in enumerate("ab")]
-    return ("--param", f"VpcId={vpc}", "--param", f"PrivateSubnetIds={','.join(subnets)}")
+    return ("--param", f"VpcId={vpc}", "--param", f"SubnetIds={','.join(subnets)}")
 
 
 def binderless(account: Account, packager: Any, *argv: str,

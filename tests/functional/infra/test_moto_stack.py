@@ -103,7 +103,13 @@ def test_the_stack_deploys_and_names_what_the_control_plane_uses(dry_run: DryRun
     assert cluster["status"] == "ACTIVE" and outputs["Cluster"] == settings.ecs_cluster
     assert settings.codebuild_project == stand_in("BuildProject")  # moto ignores CodeBuild
 
-    # Sessions: private subnets, reachable on 8888 from the gateways only.
+    # Sessions: the default layout's subnets, routed to the internet gateway (no NAT
+    # gateway), a public address on each task; reachable on 8888 from the gateways only.
+    assert settings.session_public_ip is True
+    ec2 = boto3.client("ec2", region_name=REGION)
+    assert ec2.describe_nat_gateways()["NatGateways"] == []
+    # (moto's CloudFormation keeps no subnet associations: the routes of each layout are
+    # checked on the rendered template, test_policies' unrouted compute.)
     ec2 = boto3.client("ec2", region_name=REGION)
     subnets = ec2.describe_subnets(SubnetIds=list(settings.subnets))["Subnets"]
     assert len(subnets) == 2 and not any(s["MapPublicIpOnLaunch"] for s in subnets)
@@ -164,9 +170,11 @@ def test_an_existing_vpc_and_its_subnets_are_used_as_given(dry_run: DryRun, moto
     subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.9.{i}.0/24",
                                  AvailabilityZone=f"{REGION}{zone}")["Subnet"]["SubnetId"]
                for i, zone in enumerate("ab")]
-    create(dry_run, VpcId=vpc, PrivateSubnetIds=",".join(subnets), SessionMemory="8192")
+    create(dry_run, VpcId=vpc, SubnetIds=",".join(subnets), SessionMemory="8192",
+           NetworkLayout="private")
     settings: Settings = load_settings(gateway_environment())
     assert settings.subnets == tuple(subnets)
+    assert settings.session_public_ip is False  # the private layout: NAT, no addresses
     assert settings.session_memory == 8192
     assert [v["VpcId"] for v in ec2.describe_vpcs()["Vpcs"] if not v["IsDefault"]] == [vpc]
     [group] = ec2.describe_security_groups(GroupIds=list(settings.security_groups))[
@@ -213,8 +221,9 @@ def test_sign_in_names_the_user_pool_its_secrets_and_the_homes(dry_run: DryRun, 
     assert set(admitted.values()) == {2049}
     descriptions = {g["Description"].split(" - ")[0] for g in ec2.describe_security_groups(
         GroupIds=list(admitted))["SecurityGroups"]}
-    assert descriptions == {"Session gateway tasks", "Session tasks"}
-    assert settings.security_groups[0] in admitted
+    assert descriptions == {"Session gateway tasks", "Session tasks of signed-in users"}
+    assert settings.home_security_groups[0] in admitted
+    assert settings.security_groups[0] not in admitted  # anonymous sessions: no NFS
 
     # The gateway starts: it reads both secrets, and keeps projects where it mounts the
     # homes (here a folder: moto's tasks mount nothing).

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from binderless.deploy.estimate import render
 from tests.functional.infra.conftest import DryRun
-from tests.functional.infra.policies import CHECKS
+from tests.functional.infra.policies import CHECKS, RENDERED_CHECKS
 
 Template = dict[str, Any]
 
@@ -28,6 +29,78 @@ def test_only_the_image_build_runs_outside_the_vpc(dry_run: DryRun) -> None:
     assert exempt == {"ImageBuildProject"}
     source = dry_run.assets["Resources"]["ImageBuildProject"]["Properties"]["Source"]
     assert "functions/gateway.Dockerfile" in source["BuildSpec"]
+
+
+LAYOUTS = ["public", "private"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("check", sorted(RENDERED_CHECKS))
+def test_each_network_layout_passes(dry_run: DryRun, layout: str, check: str) -> None:
+    rendered = render(dry_run.service, {"NetworkLayout": layout})
+    assert RENDERED_CHECKS[check](rendered) == []
+    for name in CHECKS:  # the checks of the whole template hold for each layout too
+        assert CHECKS[name](rendered) == [], name
+
+
+def test_the_default_network_idles_for_free(dry_run: DryRun) -> None:
+    """No NAT gateway, no address of its own, no interface endpoint; builds outside the
+    VPC; tasks with public addresses; the private layout keeps its NAT gateway."""
+    default = render(dry_run.service)["Resources"]
+    kinds = [r["Type"] for r in default.values()]
+    assert "AWS::EC2::NatGateway" not in kinds and "AWS::EC2::EIP" not in kinds
+    assert not [r for r in default.values() if r["Type"] == "AWS::EC2::VPCEndpoint"
+                and r["Properties"]["VpcEndpointType"] != "Gateway"]
+    assert "VpcConfig" not in default["BuildProject"]["Properties"]
+    assert gateway_setting({"Resources": default}, "BINDERLESS_SESSION_PUBLIC_IP")["Value"] == "true"
+    private = render(dry_run.service, {"NetworkLayout": "private"})["Resources"]
+    assert [r["Type"] for r in private.values()].count("AWS::EC2::NatGateway") == 1
+    assert "VpcConfig" in private["BuildProject"]["Properties"]
+    assert gateway_setting({"Resources": private}, "BINDERLESS_SESSION_PUBLIC_IP")["Value"] == "false"
+
+
+def sessions_without_an_address(t: Template) -> None:
+    """What EnableNatGateway=false was: public subnets, no public address, no NAT."""
+    gateway_setting(t, "BINDERLESS_SESSION_PUBLIC_IP")["Value"] = "false"
+
+
+def gateway_without_an_address(t: Template) -> None:
+    network = t["Resources"]["GatewayService"]["Properties"]["NetworkConfiguration"]
+    network["AwsvpcConfiguration"]["AssignPublicIp"] = "DISABLED"
+
+
+def private_layout_without_its_nat_route(t: Template) -> None:
+    del t["Resources"]["PrivateDefaultRoute"]
+
+
+def private_layout_with_addresses(t: Template) -> None:
+    network = t["Resources"]["GatewayService"]["Properties"]["NetworkConfiguration"]
+    network["AwsvpcConfiguration"]["AssignPublicIp"] = "ENABLED"
+
+
+def private_subnet_routed_to_the_internet(t: Template) -> None:
+    t["Resources"]["PrivateSubnetARouteTable"]["Properties"]["RouteTableId"] = {
+        "Ref": "PublicRouteTable"}
+
+
+RENDERED_BREAKAGES: list[tuple[str, str, Callable[[Template], None]]] = [
+    ("public", "unrouted compute", sessions_without_an_address),
+    ("public", "unrouted compute", gateway_without_an_address),
+    ("private", "unrouted compute", private_layout_without_its_nat_route),
+    ("private", "compute exposed", private_layout_with_addresses),
+    ("private", "compute exposed", private_subnet_routed_to_the_internet),
+]
+
+
+@pytest.mark.parametrize(("layout", "check", "breakage"), RENDERED_BREAKAGES,
+                         ids=[b.__name__ for _, _, b in RENDERED_BREAKAGES])
+def test_each_layout_check_fails_on_a_broken_layout(
+        dry_run: DryRun, layout: str, check: str,
+        breakage: Callable[[Template], None]) -> None:
+    rendered = render(dry_run.service, {"NetworkLayout": layout})
+    broken = copy.deepcopy(rendered)
+    breakage(broken)
+    assert RENDERED_CHECKS[check](broken) != []
 
 
 def statements(template: Template, role: str) -> list[dict[str, Any]]:
@@ -64,30 +137,49 @@ def unencrypt_images(t: Template) -> None:
     del t["Resources"]["EnvironmentRepository"]["Properties"]["EncryptionConfiguration"]
 
 
-def sessions_in_public_subnet(t: Template) -> None:
+def gateway_setting(t: Template, name: str) -> dict[str, Any]:
     env = t["Resources"]["GatewayTaskDefinition"]["Properties"]["ContainerDefinitions"][0]
-    for variable in env["Environment"]:
-        if variable["Name"] == "BINDERLESS_SUBNETS":
-            variable["Value"] = {"Ref": "PublicSubnetA"}
+    return next(v for v in env["Environment"] if v["Name"] == name)  # type: ignore[no-any-return]
 
 
-def builds_in_public_subnet(t: Template) -> None:
-    t["Resources"]["BuildProject"]["Properties"]["VpcConfig"]["Subnets"] = [
-        {"Ref": "PublicSubnetB"}]
+def sessions_open_to_the_internet(t: Template) -> None:
+    t["Resources"]["SessionSecurityGroup"]["Properties"]["SecurityGroupIngress"].append(
+        {"IpProtocol": "tcp", "FromPort": 8888, "ToPort": 8888, "CidrIp": "0.0.0.0/0"})
 
 
-def builds_outside_the_vpc(t: Template) -> None:
-    del t["Resources"]["BuildProject"]["Properties"]["VpcConfig"]
+def gateway_opened_by_another_rule(t: Template) -> None:
+    t["Resources"]["ExtraIngress"] = {"Type": "AWS::EC2::SecurityGroupIngress", "Properties": {
+        "GroupId": {"Fn::GetAtt": ["GatewaySecurityGroup", "GroupId"]},
+        "IpProtocol": "tcp", "FromPort": 8080, "ToPort": 8080, "CidrIpv6": "::/0"}}
 
 
-def gateway_with_public_address(t: Template) -> None:
-    network = t["Resources"]["GatewayService"]["Properties"]["NetworkConfiguration"]
-    network["AwsvpcConfiguration"]["AssignPublicIp"] = "ENABLED"
+def anonymous_sessions_may_mount(t: Template) -> None:
+    t["Resources"]["SessionTaskRole"]["Properties"]["Policies"] = [
+        t["Resources"]["HomeSessionTaskRole"]["Properties"]["Policies"][0]]
 
 
-def private_subnet_routed_to_the_internet(t: Template) -> None:
-    t["Resources"]["PrivateSubnetARouteTable"]["Properties"]["RouteTableId"] = {
-        "Ref": "PublicRouteTable"}
+def anonymous_sessions_reach_nfs(t: Template) -> None:
+    t["Resources"]["FileSystemSecurityGroup"]["Properties"]["SecurityGroupIngress"].append(
+        {"IpProtocol": "tcp", "FromPort": 2049, "ToPort": 2049,
+         "SourceSecurityGroupId": {"Ref": "SessionSecurityGroup"}})
+
+
+def anonymous_sessions_get_the_home_role(t: Template) -> None:
+    gateway_setting(t, "BINDERLESS_TASK_ROLE_ARN")["Value"] = {
+        "Fn::GetAtt": ["HomeSessionTaskRole", "Arn"]}
+
+
+def homes_mounted_without_an_access_point(t: Template) -> None:
+    statements(t, "HomeSessionTaskRole")[0].pop("Condition")
+
+
+def homes_mounted_through_the_gateways_view(t: Template) -> None:
+    del statements(t, "HomeSessionTaskRole")[0]["Condition"]["ArnNotEquals"]
+
+
+def file_system_mountable_at_its_root(t: Template) -> None:
+    policy = t["Resources"]["FileSystem"]["Properties"]["FileSystemPolicy"]
+    policy["Statement"] = [s for s in policy["Statement"] if s.get("Sid") != "AccessPointsOnly"]
 
 
 def unblock_public_access(t: Template) -> None:
@@ -132,11 +224,15 @@ BREAKAGES: list[tuple[str, Callable[[Template], None]]] = [
     ("unencrypted data stores", unencrypt_homes),
     ("unencrypted data stores", unencrypt_bucket),
     ("unencrypted data stores", unencrypt_images),
-    ("compute in public subnets", sessions_in_public_subnet),
-    ("compute in public subnets", builds_in_public_subnet),
-    ("compute in public subnets", builds_outside_the_vpc),
-    ("compute in public subnets", gateway_with_public_address),
-    ("compute in public subnets", private_subnet_routed_to_the_internet),
+    ("open ingress", sessions_open_to_the_internet),
+    ("open ingress", gateway_opened_by_another_rule),
+    ("open ingress", balancer_open_to_all),
+    ("session isolation", anonymous_sessions_may_mount),
+    ("session isolation", anonymous_sessions_reach_nfs),
+    ("session isolation", anonymous_sessions_get_the_home_role),
+    ("session isolation", homes_mounted_without_an_access_point),
+    ("session isolation", homes_mounted_through_the_gateways_view),
+    ("session isolation", file_system_mountable_at_its_root),
     ("public buckets", unblock_public_access),
     ("public buckets", bucket_for_everyone),
     ("public buckets", any_distribution),
