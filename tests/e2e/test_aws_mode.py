@@ -531,7 +531,11 @@ def start_and_crash(gateway: Gateway, spec: str) -> tuple[Stream, str]:
                        stop_when=lambda e: "Task running at" in str(e.get("message")))
     assert "Task running at" in seen.text(), seen.text()
     launch = gateway.state.get_launch(launch_id(seen))
-    assert launch is not None and launch["session_id"] and launch["phase"] == "launching"
+    # What a takeover needs is durable before the task starts: the session, reserved (and
+    # so recorded, with its id and token) in the same write as the quota check. The
+    # launch's later events may still be held in memory when the gateway dies.
+    assert launch is not None and launch["session_id"]
+    assert gateway.state.get_session(str(launch["session_id"])).status == "starting"
     time.sleep(LEASE * 1.5)  # the dead gateway's lease runs out
     return seen, str(launch["session_id"])
 
