@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
-from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
-from .links import final_urlpath
+from .links import parse_link
 from .redirects import session_url
 
-__all__ = ["LaunchOutcome", "follow_build", "parse_target", "run_launch"]
+__all__ = ["LaunchOutcome", "failure_summary", "follow_build", "parse_target", "run_launch"]
 
 PHASE_LABELS = {
     "waiting": "Waiting", "fetching": "Fetching the repository", "building": "Building",
@@ -30,22 +30,13 @@ class LaunchOutcome:
     open_url: str = ""
 
 
-def parse_target(target: str, server: str) -> tuple[str, str, str]:
-    """Return (server base URL, ``<provider>/<spec>``, urlpath) for a link or a bare spec."""
-    if target.startswith(("http://", "https://")):
-        parts = urlsplit(target)
-        path = parts.path
-        for marker in ("/v2/", "/build/"):
-            if marker in path:
-                base, _, rest = path.partition(marker)
-                params = dict(parse_qsl(parts.query))
-                return f"{parts.scheme}://{parts.netloc}{base}", rest.strip("/"), final_urlpath(params)
-        raise ValueError(f"{target} is not a Binder link: it has no /v2/ in its path.")
-    spec, _, query = target.partition("?")
-    spec = spec.strip("/").removeprefix("v2/")
-    if spec.count("/") < 1:
-        raise ValueError(f"{target!r} is not <provider>/<spec>, e.g. gh/binder-examples/requirements/HEAD")
-    return server.rstrip("/"), spec, final_urlpath(dict(parse_qsl(query)))
+def parse_target(target: str, server: str, *, cwd: str | None = None) -> tuple[str, str, str]:
+    """Return (server base URL, ``<provider>/<spec>``, urlpath) for anything
+    ``links.parse_link`` reads: a Binder link (its own server), or a spec, a repository
+    address or a folder (launched on ``server``). Raises ``BadLink``."""
+    link = parse_link(target, cwd=cwd)
+    base = link.host or server
+    return base.rstrip("/"), f"{link.target.provider}/{link.target.spec}", link.urlpath
 
 
 def follow_build(client: httpx.Client, url: str) -> Iterator[dict[str, Any]]:
@@ -64,10 +55,30 @@ def follow_build(client: httpx.Client, url: str) -> Iterator[dict[str, Any]]:
                 return
 
 
+def failure_summary(final: dict[str, Any], log: list[str]) -> str:
+    """What ``launch`` prints when a launch fails: the end of the log for context, then the
+    failed event's whole message (the cause and what to do about it), last and once."""
+    message = str(final.get("message", "")).strip() or "The launch failed, and the server " \
+        "gave no reason."
+    said = [line.strip() for line in message.splitlines() if line.strip()]
+    # Lines the summary repeats (the build log's last line is often the cause) are left out
+    # of the tail, so the cause is printed in one place.
+    def repeated(line: str) -> bool:
+        core = re.sub(r"^(?:cause|error):\s*", "", line.strip())
+        return not core.strip("^~ ") or any(core in told for told in said)
+
+    tail = [m.rstrip() for m in log[:-1] if m.strip() and not repeated(m)][-15:]
+    text = ("Last lines of the log:\n" + "".join(f"  {m}\n" for m in tail)) if tail else ""
+    first, *rest = said
+    return text + f"[Failed] {first}\n" + "".join(f"  {line}\n" for line in rest)
+
+
 def run_launch(target: str, *, server: str, build_only: bool = False, out: TextIO = sys.stdout,
                err: TextIO = sys.stderr, verbose: bool = False,
-               client: httpx.Client | None = None) -> LaunchOutcome:
-    base, spec, urlpath = parse_target(target, server)
+               client: httpx.Client | None = None, cwd: str | None = None) -> LaunchOutcome:
+    """Launch ``target`` (anything ``parse_link`` reads; ``BadLink`` when it reads nothing),
+    follow its progress on ``err`` and print the session's URL on ``out``."""
+    base, spec, urlpath = parse_target(target, server, cwd=cwd)
     url = f"{base}/build/{spec}" + ("?build_only=true" if build_only else "")
     client = client or httpx.Client(timeout=httpx.Timeout(10.0, read=90.0))
     interactive = err.isatty()
@@ -79,6 +90,9 @@ def run_launch(target: str, *, server: str, build_only: bool = False, out: TextI
             new_phase = str(event.get("phase", phase)).lower()
             message = str(event.get("message", ""))
             log.append(message)
+            final = event
+            if new_phase == "failed":
+                break  # said in full, once, by the summary below
             if new_phase != phase:
                 phase = new_phase
                 if interactive:
@@ -89,7 +103,6 @@ def run_launch(target: str, *, server: str, build_only: bool = False, out: TextI
             elif interactive and message.strip():
                 err.write(f"\r\033[K  {message.strip()[:100]}")
             err.flush()
-            final = event
     except httpx.HTTPError as exc:
         err.write(f"\nCould not reach {base}: {exc}\nIs the server running? "
                   "Start one with `binderless serve`.\n")
@@ -97,9 +110,7 @@ def run_launch(target: str, *, server: str, build_only: bool = False, out: TextI
     if interactive:
         err.write("\r\033[K")
     if final.get("phase") != "ready":
-        if not verbose:
-            tail = [m.rstrip() for m in log[-15:] if m.strip()]
-            err.write("Last lines of the log:\n" + "\n".join(f"  {m}" for m in tail) + "\n")
+        err.write(failure_summary(final, [] if verbose else log))
         return LaunchOutcome(False, final)
     if build_only or "url" not in final:
         out.write(f"{final.get('imageName', final.get('image', ''))}\n")

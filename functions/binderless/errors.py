@@ -29,14 +29,26 @@ __all__ = [
 
 
 class BinderlessError(Exception):
-    """Base of every error whose message is meant for the person launching."""
+    """Base of every error whose message is meant for the person launching.
+
+    ``fault`` says who can fix it, for the pages that say what to do next:
+    ``repository`` (its author: ``file`` and ``line`` name the place, when known),
+    ``link`` (whoever wrote the link), ``unsupported`` (another builder can build it),
+    ``busy`` (trying again later may work) or ``server`` (unknown, or the operators).
+    """
 
     status_code = 500
+    fault = "server"
 
-    def __init__(self, message: str, *, hint: str = "") -> None:
+    def __init__(self, message: str, *, hint: str = "", fault: str = "", file: str = "",
+                 line: int = 0) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        if fault:
+            self.fault = fault
+        self.file = file
+        self.line = line
 
     def user_message(self) -> str:
         """The message and, when there is one, what to do about it."""
@@ -49,30 +61,35 @@ class BadLink(BinderlessError):
     """The launch link or spec cannot be parsed: unknown provider, malformed spec."""
 
     status_code = 400
+    fault = "link"
 
 
 class RefNotFound(BinderlessError):
     """The repository or the ref does not exist, or is not public."""
 
     status_code = 404
+    fault = "link"
 
 
 class SpecNotAllowed(BinderlessError):
     """Operator policy refuses this repository or provider."""
 
     status_code = 403
+    fault = "link"
 
 
 class ProviderUnavailable(BinderlessError):
     """The repository host failed or rate-limited us; trying later may work."""
 
     status_code = 503
+    fault = "busy"
 
 
 class UnsupportedRepository(BinderlessError):
     """This builder cannot build the repository; another builder can."""
 
     status_code = 422
+    fault = "unsupported"
 
 
 class BuildFailed(BinderlessError):
@@ -97,6 +114,7 @@ class QuotaExceeded(BinderlessError):
     """Too many sessions are running, overall or for this repository."""
 
     status_code = 429
+    fault = "busy"
 
 
 class SessionNotFound(BinderlessError):
@@ -109,6 +127,7 @@ class StateUnavailable(BinderlessError):
     """The state store (DynamoDB in AWS mode) failed or throttled us; trying later may work."""
 
     status_code = 503
+    fault = "busy"
 
 
 class SignInRequired(BinderlessError):

@@ -2,7 +2,8 @@
 
 Each event is a JSON object with ``phase`` and ``message`` plus phase-specific
 fields (``imageName`` on ``built``, the session fields on ``ready``,
-``status_code`` on ``failed``). The stream is Server-Sent Events made of plain
+``status_code`` on ``failed``, with ``fault`` and, when known, the ``file`` and
+``line`` at fault: see ``errors.BinderlessError``). The stream is Server-Sent Events made of plain
 ``data:`` lines, an ``id:`` per event so that a reconnecting client resumes,
 and ``:keepalive`` comments.
 """
@@ -67,9 +68,16 @@ def event_from_error(error: BaseException) -> Event:
     Known errors keep their message; anything else is reported without its
     traceback (which belongs in the server log, not in front of a user).
     """
+    fields: dict[str, Any] = {}
     if isinstance(error, BinderlessError):
         message = error.user_message()
         status = error.status_code
+        # Who can fix it, and where: the loading page and the CLI say what helps.
+        fields["fault"] = error.fault
+        if error.file:
+            fields["file"] = error.file
+        if error.line:
+            fields["line"] = error.line
     else:
         message = (
             "Something went wrong inside binderless while launching this repository. "
@@ -78,7 +86,7 @@ def event_from_error(error: BaseException) -> Event:
         status = 500
     if not message.endswith("\n"):
         message += "\n"
-    return Event(Phase.FAILED, message, {"status_code": status})
+    return Event(Phase.FAILED, message, {"status_code": status, **fields})
 
 
 def parse_seq(text: str) -> int | None:

@@ -515,7 +515,10 @@ class LaunchService:
             self._stop_following(plan.key, cancelled=cancelled)
         if built is None:
             if failure is not None:
-                raise BuildFailed(failure.message.strip())
+                raise BuildFailed(failure.message.strip(),  # whose fault: as its builder said
+                                  fault=str(failure.fields.get("fault", "")),
+                                  file=str(failure.fields.get("file", "")),
+                                  line=int(failure.fields.get("line", 0) or 0))
             built = await self.builder.find(plan)
             if built is None:
                 raise BuildFailed("The build this launch was following did not finish.",

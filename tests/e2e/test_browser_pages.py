@@ -200,6 +200,8 @@ def test_home_page_builds_link_and_badge_from_a_pasted_github_url(
     )
 
     link = f"{origin}/v2/gh/binder-examples/requirements/main"
+    # The server reads the address (GET /api/resolve) and the page fills its form.
+    page.wait_for_function("t => document.getElementById('link').textContent === t", arg=link)
     assert page.locator("#provider").input_value() == "gh"
     assert repo_field.input_value() == "binder-examples/requirements"
     assert page.locator("#ref").input_value() == "main"
@@ -226,8 +228,8 @@ def test_home_page_builds_link_and_badge_from_a_pasted_github_url(
     page.locator("#path").fill("")
     page.locator("#provider").select_option("git")
     repo_field.fill("https://example.org/org/repo.git")
-    assert page.locator("#link").inner_text() == (
-        f"{origin}/v2/git/https%3A%2F%2Fexample.org%2Forg%2Frepo.git/main")
+    page.wait_for_function("t => document.getElementById('link').textContent === t",
+                           arg=f"{origin}/v2/git/https%3A%2F%2Fexample.org%2Forg%2Frepo.git/main")
     page.locator("#provider").select_option("gl")
     repo_field.fill("group/sub/project")
     assert page.locator("#link").inner_text() == f"{origin}/v2/gl/group%2Fsub%2Fproject/main"

@@ -108,3 +108,32 @@ def test_metrics_count_launches_and_sessions(live_server: LiveServer,
     assert 'binderless_launches_total{status="failed",built="false"} 1' in text
     assert 'binderless_sessions{status="running"} 1' in text
     assert "# TYPE binderless_launch_seconds summary" in text
+
+
+def test_launch_failure_summary_states_the_cause_once_and_last(
+        live_server: LiveServer, fixture_repo: Callable[[str], Path]) -> None:
+    """A typo in the repository's requirements: the summary (the last lines) says what
+    failed, uv's reason and the line to fix, and the reason is not printed twice."""
+    repo = fixture_repo("bad-requirements")
+    # A folder, as a person types it: launch reads it with the same parser as resolve.
+    result = binderless("launch", str(repo), "--server", live_server.base)
+    assert result.returncode == 1 and result.stdout == ""
+    lines = result.stderr.rstrip().splitlines()
+    summary = lines[next(i for i, line in enumerate(lines) if line.startswith("[Failed]")):]
+    assert summary[0] == ("[Failed] Building the environment failed while installing the "
+                          "packages of requirements.txt.")
+    assert "this-package-does-not-exist-binderless was not found" in summary[1]
+    assert summary[-1].strip() == ("Fix line 1 of requirements.txt: "
+                                   "this-package-does-not-exist-binderless==0.0.1")
+    assert result.stderr.count("was not found in the package registry") == 1
+    assert not any(line.rstrip().endswith("was:") for line in lines)
+
+
+def test_launch_reads_a_repository_address_like_resolve() -> None:
+    """A pasted GitHub address is launched on --server (here: none listening)."""
+    result = binderless("launch", "https://github.com/org/repo", "--server",
+                        "http://127.0.0.1:9")
+    assert "is not a Binder link" not in result.stderr
+    assert "Could not reach http://127.0.0.1:9" in result.stderr
+    refused = binderless("launch", "git//home/me/repo/HEAD")
+    assert refused.returncode == 2 and "git/%2Fhome%2Fme%2Frepo/HEAD" in refused.stderr

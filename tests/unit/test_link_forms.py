@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -70,7 +71,7 @@ TABLE = [
     ("pasted GitHub branch", "https://github.com/org/repo/tree/dev", "gh", "org/repo/dev",
      "https://github.com/org/repo", "dev", ""),
     ("pasted GitHub file", "https://github.com/org/repo/blob/main/a.ipynb", "gh",
-     "org/repo/main", "https://github.com/org/repo", "main", ""),
+     "org/repo/main", "https://github.com/org/repo", "main", "doc/tree/a.ipynb"),
     ("pasted GitHub .git", "https://github.com/org/repo.git", "gh", "org/repo/HEAD",
      "https://github.com/org/repo", "HEAD", ""),
     ("pasted GitLab URL", "https://gitlab.com/group/sub/project/-/tree/main", "gl",
@@ -126,3 +127,125 @@ def test_resolve_command_offline_prints_json() -> None:
     bad = subprocess.run([sys.executable, "-m", "binderless", "resolve", "--offline", "gh/x"],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
+
+
+# ----- issue 15: the one parser's answers to what people paste ---------------------------
+
+@pytest.mark.parametrize(("text", "provider", "spec", "path", "kind"), [
+    ("gh/binder-examples/requirements/HEAD", "gh", "binder-examples/requirements/HEAD", "", ""),
+    ("git@github.com:org/repo.git", "gh", "org/repo/HEAD", "", ""),
+    ("git@gitlab.com:group/sub/project.git", "gl", "group%2Fsub%2Fproject/HEAD", "", ""),
+    ("ssh://git@github.com/org/repo.git", "gh", "org/repo/HEAD", "", ""),
+    ("https://github.com/org/repo/blob/main/nb/a.ipynb", "gh", "org/repo/main", "nb/a.ipynb",
+     "file"),
+    ("https://gitlab.com/group/project/-/blob/v2/a.ipynb", "gl", "group%2Fproject/v2",
+     "a.ipynb", "file"),
+    ("/home/me/repo", "git", "%2Fhome%2Fme%2Frepo/HEAD", "", ""),
+    ("~/repo", "git", "~%2Frepo/HEAD", "", ""),
+    ("./repo", "git", "%2Fsrv%2Frepo/HEAD", "", ""),
+    (".", "git", "%2Fsrv/HEAD", "", ""),
+    ("https://mybinder.org/v2/gh/o/r/main?filepath=x.csv", "gh", "o/r/main", "tree/x.csv", "url"),
+    ("https://figshare.com/articles/dataset/t/9782777/1", "figshare",
+     "10.6084/m9.figshare.9782777.v1", "", ""),
+])
+def test_parse_link_reads_what_people_paste(text: str, provider: str, spec: str, path: str,
+                                            kind: str) -> None:
+    from binderless.links import parse_link
+
+    link = parse_link(text, cwd="/srv")
+    assert (link.target.provider, link.target.spec, link.path, link.path_kind) == (
+        provider, spec, path, kind)
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("git//home/me/repo/HEAD", "git/%2Fhome%2Fme%2Frepo/HEAD"),
+    ("git/https://host.org/r.git/main", "git/https%3A%2F%2Fhost.org%2Fr.git/main"),
+    ("git@codeberg.org:org/repo.git", "https://codeberg.org/org/repo"),
+    ("org/repo", "gh/binder-examples/requirements/HEAD"),
+    ("https://example.org/", "names no repository"),
+])
+def test_parse_link_refusals_say_what_to_write(text: str, says: str) -> None:
+    from binderless.links import parse_link
+
+    with pytest.raises(BadLink) as caught:
+        parse_link(text)
+    assert says in caught.value.user_message()
+
+
+def test_the_parser_knows_every_provider_of_the_registry() -> None:
+    from binderless.links import PROVIDER_PREFIXES
+    from binderless.providers import PROVIDERS
+
+    assert set(PROVIDERS) == PROVIDER_PREFIXES
+
+
+def test_launch_parses_like_resolve() -> None:
+    from binderless.client import parse_target
+
+    assert parse_target("https://github.com/org/repo/blob/main/a.ipynb", SERVER) == (
+        SERVER, "gh/org/repo/main", "doc/tree/a.ipynb")
+    assert parse_target("https://other.org/hub/v2/gh/o/r/HEAD", SERVER) == (
+        "https://other.org/hub", "gh/o/r/HEAD", "")
+
+
+def test_build_failure_names_the_file_and_line(tmp_path: Path) -> None:
+    from binderless.backends.process import ProcessFailed
+    from binderless.backends.uvbuilder import _build_failure
+    from binderless.envplan import EnvironmentPlan
+
+    (tmp_path / "requirements.txt").write_text("six\nnumpy==>1\n")
+    plan = EnvironmentPlan(key="k", binder_dir="", requirement_files=("requirements.txt",))
+    typo = ProcessFailed(["uv"], 2, [
+        "error: Couldn't parse requirement in `requirements.txt` at position 4",
+        '  cause: no such comparison operator "==>", must be one of ~= == != <= >= < > ===',
+        "         numpy==>1", "              ^^^^"])
+    error = _build_failure(plan, "installing the packages", typo, tmp_path)
+    assert (error.fault, error.file, error.line) == ("repository", "requirements.txt", 2)
+    assert "Fix line 2 of requirements.txt: numpy==>1" in error.hint
+    assert error.hint.count("no such comparison operator") == 1
+    (tmp_path / "requirements.txt").write_text("six\n# numpy\nnot-a-package-xyz==1\n")
+    missing = ProcessFailed(["uv"], 1, [
+        " + six==1.17.0", "error: No solution found when resolving dependencies",
+        "  cause: Because not-a-package-xyz was not found in the package registry"])
+    error = _build_failure(plan, "installing the packages", missing, tmp_path)
+    assert (error.file, error.line) == ("requirements.txt", 3)
+    offline = ProcessFailed(["uv"], 2, ["error: Failed to fetch: https://pypi.org/simple/six/"])
+    assert _build_failure(plan, "installing the packages", offline, tmp_path).fault == "server"
+
+
+def test_launch_failure_summary_is_whole_and_last() -> None:
+    from binderless.client import failure_summary
+
+    cause = "cause: Because x was not found in the package registry"
+    final = {"phase": "failed", "message": "Building failed.\nuv said: Because x was not found "
+             "in the package registry\nFix line 1 of requirements.txt: x==1\n"}
+    text = failure_summary(final, ["Building with uv\n", "error: No solution\n", f"  {cause}\n",
+                                   final["message"]])
+    assert text.endswith("[Failed] Building failed.\n  uv said: Because x was not found in the "
+                         "package registry\n  Fix line 1 of requirements.txt: x==1\n")
+    assert text.count("was not found") == 1 and "Building with uv" in text
+
+
+def test_resolve_query_answers_any_text_with_a_result_or_a_clear_error() -> None:
+    """What the home page sends as a person types: mangled links, repeats, control
+    characters, lone surrogates. Every answer is a result or a BinderlessError (a 4xx)."""
+    import random
+    import string
+
+    from binderless.errors import BinderlessError
+    from binderless.resolve import resolve_query
+
+    registry = offline_registry()
+    rng = random.Random(15)
+    alphabet = string.printable + "%~@:/\\?#&=\u00e9\u202e\ud800\x00"
+    seeds = [row[1] for row in TABLE] + ["git@github.com:o/r.git", "~/r", "./r", "git//a/b"]
+    for _ in range(3000):
+        base = rng.choice(seeds)
+        pos = rng.randrange(len(base) + 1)
+        noise = "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 8)))
+        text = rng.choice([base[:pos] + noise + base[pos:], noise * rng.randrange(1, 30),
+                           rng.choice(["git/", "gh/", "doi/", "/v2/", "git@x:"]) + noise])
+        try:
+            resolve_query({"link": text}, registry, server=SERVER, cwd="/srv")
+        except BinderlessError as exc:
+            assert 400 <= exc.status_code < 500, (text, exc)

@@ -40,10 +40,16 @@ def test_sse_frame_is_plain_data_with_id() -> None:
 
 def test_errors_become_failed_events_without_internals() -> None:
     event = event_from_error(RefNotFound("Could not resolve ref for gh:a/b/c."))
-    assert event.to_json() == {"phase": "failed", "status_code": 404,
+    assert event.to_json() == {"phase": "failed", "status_code": 404, "fault": "link",
                                "message": "Could not resolve ref for gh:a/b/c.\n"}
     hinted = event_from_error(BuildFailed("It broke.", hint="Fix requirements.txt"))
     assert hinted.to_json()["message"] == "It broke.\nFix requirements.txt\n"
+    assert hinted.fields["fault"] == "server" and "file" not in hinted.fields
+    # A failure the repository causes names the file and line to fix.
+    blamed = event_from_error(BuildFailed("It broke.", fault="repository",
+                                          file="requirements.txt", line=3))
+    assert (blamed.fields["fault"], blamed.fields["file"], blamed.fields["line"]) == (
+        "repository", "requirements.txt", 3)
     crash = event_from_error(KeyError("secret internal detail"))
     assert crash.fields["status_code"] == 500
     assert "secret" not in crash.message and "Traceback" not in crash.message

@@ -303,6 +303,9 @@ def _cause(tail: list[str]) -> str:
 
 
 PARSE_ERROR_RE = re.compile(r"parse requirement in `([^`]+)` at position (\d+)")
+#: uv's words when what the repository asks for cannot be had.
+BLAMES_REQUIREMENT_RE = re.compile(r"No solution found|not found in the package registry|"
+                                   r"unsatisfiable|no versions? of|does not exist", re.IGNORECASE)
 REQUIREMENT_NAME_RE = re.compile(r"^\s*-?\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
@@ -328,6 +331,8 @@ def _culprit(tail: list[str], files: list[str], work: Path) -> tuple[str, int, s
         number = before.count(b"\n") + 1
         lines = read(parse.group(1))
         return parse.group(1), number, lines[number - 1].strip() if number <= len(lines) else ""
+    if not BLAMES_REQUIREMENT_RE.search(log):
+        return "", 0, ""  # a download or network failure names packages it is not about
     # Only uv's error (from its first "error:" line) names the culprit: the progress above
     # it names every package.
     start = next((i for i, line in enumerate(tail) if line.lstrip().startswith("error:")), 0)

@@ -40,6 +40,7 @@ from ..launches import (
 )
 from ..links import legacy_redirect, split_launch_path
 from ..origins import OriginPolicy, names_local_path
+from ..resolve import resolve_query
 from ..service import LaunchRequest, LaunchService
 from .accounts import Accounts
 from .health import StoreWatch
@@ -152,6 +153,11 @@ class BinderlessServer:
             simple: dict[str, Callable[[], web.StreamResponse]] = {
                 "/versions": self.versions, "/health": self.health, "/ready": self.ready,
                 "/api/repoproviders": self.repoproviders, "/metrics": self.metrics,
+                # The home page's form: what a typed or pasted address launches (parsing
+                # only; a relative folder is taken from where the server was started).
+                "/api/resolve": lambda: web.json_response(resolve_query(
+                    request.query, self.service.providers, server=self._launch_host(request),
+                    cwd=str(Path.cwd())), headers=self.policy.cors_headers(origin)),
             }
             if path in simple:
                 return simple[path]()

@@ -15,6 +15,8 @@ export const PROVIDERS = [
   { id: "hydroshare", name: "HydroShare", label: "HydroShare resource", placeholder: "resource id or URL", ref: false, encode: false },
   { id: "dataverse", name: "Dataverse", label: "Dataverse DOI", placeholder: "10.7910/DVN/ABCDEF", ref: false, encode: false },
   { id: "doi", name: "DOI", label: "DOI", placeholder: "10.1234/example", ref: false, encode: false },
+  { id: "ckan", name: "CKAN", label: "CKAN dataset URL", placeholder: "https://demo.ckan.org/dataset/name", ref: false, encode: true },
+  { id: "codecommit", name: "AWS CodeCommit", label: "CodeCommit repository", placeholder: "region/repository", ref: true, encode: false },
 ];
 
 export const PHASES = ["waiting", "fetching", "building", "pushing", "built", "launching", "ready"];
@@ -92,7 +94,7 @@ export function sessionUrl(ready, urlpath) {
 export function splitSpec(provider, spec) {
   const parts = spec.split("/");
   const rest = (from) => safeDecode(parts.slice(from).join("/"));
-  if (provider === "gh" || provider === "gist") {
+  if (provider === "gh" || provider === "gist" || provider === "codecommit") {
     return { repo: parts.slice(0, 2).map(safeDecode).join("/"), ref: rest(2) };
   }
   if (provider === "gl" || provider === "git") {
@@ -151,7 +153,10 @@ export function buildSpec(providerId, repo, ref) {
   const provider = providerById(providerId);
   const name = cleanRepo(providerId, repo);
   if (!provider || !name) return "";
-  const target = provider.encode ? encodeURIComponent(name) : name;
+  // A record given by its URL (HydroShare, a DOI resolver) is one encoded segment, as
+  // BinderHub writes it: its slashes would read as part of the spec.
+  const encode = provider.encode || (!provider.ref && name.includes("://"));
+  const target = encode ? encodeURIComponent(name) : name;
   if (!provider.ref) return `${providerId}/${target}`;
   return `${providerId}/${target}/${encodeRef(cleanRef(ref))}`;
 }
@@ -231,106 +236,4 @@ export function thebeConfig(target) {
   // A "</" inside the JSON would end the <script> element early.
   const json = JSON.stringify(config, null, 2).replace(/<\//g, "<\\/");
   return `<script type="text/x-thebe-config">\n${json}\n</script>`;
-}
-
-const DOI_RE = /^(?:doi:\s*|https?:\/\/(?:dx\.)?doi\.org\/)?(10\.\d{4,9}\/\S+)$/i;
-
-function fromDoi(doi) {
-  const value = safeDecode(doi);
-  if (/^10\.5281\/zenodo\.\d+$/i.test(value)) return { provider: "zenodo", repo: value };
-  return { provider: "doi", repo: value };
-}
-
-/** A pasted Binder link (from any BinderHub): provider, repository, ref and path. */
-function fromLaunchLink(url) {
-  const match = /\/v2\/([^/]+)\/(.+?)\/*$/.exec(url.pathname);
-  if (!match || !providerById(match[1])) return null;
-  const provider = match[1];
-  const { repo, ref } = splitSpec(provider, match[2]);
-  if (!repo) return null;
-  const result = { provider, repo };
-  if (ref) result.ref = ref;
-  const params = url.searchParams;
-  const labpath = params.get("labpath") || params.get("filepath");
-  const urlpath = params.get("urlpath");
-  if (labpath) {
-    result.path = labpath.replace(/^\/+/, "");
-    result.pathKind = "file";
-  } else if (urlpath) {
-    result.path = urlpath.replace(/^\/+/, "");
-    result.pathKind = "url";
-  }
-  return result;
-}
-
-/** Recognise a pasted repository or record address and say what it means:
- *  {provider, repo, ref?, path?, pathKind?}, or null when it is no address. */
-export function parseRepoUrl(text) {
-  const trimmed = text.trim();
-  const doi = DOI_RE.exec(trimmed);
-  if (doi) return fromDoi(doi[1]);
-  let url;
-  try {
-    url = new URL(trimmed);
-  } catch {
-    return null;
-  }
-  if (url.protocol !== "https:" && url.protocol !== "http:") return null;
-  const launch = fromLaunchLink(url);
-  if (launch) return launch;
-  const host = url.hostname.toLowerCase().replace(/^www\./, "");
-  const parts = url.pathname.split("/").filter(Boolean).map(safeDecode);
-  if (host === "github.com" && parts.length >= 2) {
-    const result = { provider: "gh", repo: `${parts[0]}/${parts[1].replace(/\.git$/, "")}` };
-    if (["tree", "blob", "commit"].includes(parts[2]) && parts[3]) {
-      result.ref = parts[3];
-      if (parts[2] === "blob" && parts.length > 4) {
-        result.path = parts.slice(4).join("/");
-        result.pathKind = "file";
-      }
-    }
-    return result;
-  }
-  if (host === "gist.github.com" && parts.length >= 2) {
-    return { provider: "gist", repo: `${parts[0]}/${parts[1].replace(/\.git$/, "")}` };
-  }
-  if (host === "gitlab.com" && parts.length >= 2) {
-    const dash = parts.indexOf("-");
-    const project = (dash === -1 ? parts : parts.slice(0, dash)).join("/").replace(/\.git$/, "");
-    const result = { provider: "gl", repo: project };
-    const kind = dash === -1 ? "" : parts[dash + 1];
-    if (["tree", "blob", "commit"].includes(kind) && parts[dash + 2]) {
-      result.ref = parts[dash + 2];
-      if (kind === "blob" && parts.length > dash + 3) {
-        result.path = parts.slice(dash + 3).join("/");
-        result.pathKind = "file";
-      }
-    }
-    return result;
-  }
-  if ((host === "zenodo.org" || host === "sandbox.zenodo.org")
-      && (parts[0] === "records" || parts[0] === "record") && /^\d+$/.test(parts[1] || "")) {
-    const prefix = host === "zenodo.org" ? "10.5281" : "10.5072";
-    return { provider: "zenodo", repo: `${prefix}/zenodo.${parts[1]}` };
-  }
-  if (host === "figshare.com" && parts[0] === "articles") {
-    // /articles/<type>/<title>/<id>[/<version>] or /articles/<title>/<id>[/<version>]
-    const numeric = (p) => /^\d+$/.test(p || "");
-    const [last, before] = [parts.at(-1), parts.at(-2)];
-    if (numeric(last) && numeric(before) && parts.length > 3) {
-      return { provider: "figshare", repo: `10.6084/m9.figshare.${before}.v${last}` };
-    }
-    if (numeric(last)) return { provider: "figshare", repo: `10.6084/m9.figshare.${last}` };
-  }
-  if (host === "hydroshare.org" && parts[0] === "resource" && /^[0-9a-f]{32}$/.test(parts[1] || "")) {
-    return { provider: "hydroshare", repo: parts[1] };
-  }
-  const persistentId = url.searchParams.get("persistentId") || "";
-  if (url.pathname.endsWith("/dataset.xhtml") && /^doi:10\./i.test(persistentId)) {
-    return { provider: "dataverse", repo: persistentId.replace(/^doi:/i, "") };
-  }
-  if (host === "doi.org" || host === "dx.doi.org") return null;
-  // Any other address: a git repository to clone.
-  const clean = `${url.protocol}//${url.host}${url.pathname}`.replace(/\/+$/, "");
-  return parts.length ? { provider: "git", repo: clean } : null;
 }

@@ -1,8 +1,8 @@
 // The home page: build a launch link, its badges and embeds from the form, copy them, launch.
 
 import {
-  badgeHtml, badgeMarkdown, badgeRst, buildLaunchLink, mystFrontmatter, parseRepoUrl,
-  providerById, thebeConfig, thebeTarget,
+  badgeHtml, badgeMarkdown, badgeRst, buildLaunchLink, mystFrontmatter, providerById,
+  thebeConfig, thebeTarget,
 } from "/assets/js/binder.js";
 
 const $ = (id) => document.getElementById(id);
@@ -35,9 +35,21 @@ const PATH_HELP = {
 };
 const PATH_PLACEHOLDER = { file: "index.ipynb", url: "lab" };
 const EMPTY_LINK = "Fill in a repository to get its link.";
+const READING = "Reading the address…";
+// Text in the repository field that is an address to read (a link, a URL, git@, a folder,
+// <provider>/<spec>) rather than the repository itself. The server reads it with the one
+// parser `binderless launch` and `binderless resolve` use (GET /api/resolve).
+const ADDRESS_RE = new RegExp("://|^git@|^ssh:|^[/~.]|^(?:v2/)?(?:gh|gist|gl|git|codecommit|zenodo|"
+  + "figshare|hydroshare|dataverse|ckan|doi)/|^doi:|^(?:www\\.)?(?:gist\\.)?git(?:hub|lab)\\.com/", "i");
+const BARE_DOI_RE = /^10\.\d{4,9}\//;
+const TYPING_PAUSE_MS = 350;
 const NO_THEBE = "(thebe and MyST cannot launch this source: use the badge)";
 
 const origin = location.origin;
+
+/** What the server said about the address in the field: `text` read, `answer` (the
+ *  resolve document) or `problem` (its message), `pending` while it is asked. */
+const lookup = { text: "", answer: null, problem: "", pending: null, applied: "", timer: 0 };
 
 function pathKind() {
   const checked = el.form.querySelector('input[name="pathkind"]:checked');
@@ -48,9 +60,77 @@ function setPathKind(kind) {
   el.form.querySelector(kind === "url" ? "#kind-url" : "#kind-file").checked = true;
 }
 
+/** Whether the field holds an address for the server to read (see ADDRESS_RE). A DOI in
+ *  the field of a record provider (Zenodo, Figshare, ...) is that provider's repository. */
+function isAddress(text) {
+  const value = text.trim();
+  if (!value || value === lookup.applied) return false;
+  const provider = providerById(el.provider.value);
+  if (BARE_DOI_RE.test(value)) return Boolean(provider && provider.ref);
+  return ADDRESS_RE.test(value);
+}
+
+/** An address whose refusal is worth showing: a URL, git@ or a folder. A refused
+ *  `gh/...` typed in a field is taken as the repository's own name. */
+function surelyAddress(text) {
+  const value = text.trim();
+  return /:\/\/|^git@|^ssh:|^[/~.]|^[a-z0-9]+\/\//i.test(value) || value.split("/").length > 3;
+}
+
 function currentLink() {
+  if (isAddress(el.repo.value)) return "";
   return buildLaunchLink(origin, el.provider.value, el.repo.value, el.ref.value,
     el.path.value, pathKind());
+}
+
+/** Ask the server what `text` launches; resolves to the lookup, cached for the same text. */
+function readAddress(text) {
+  if (lookup.text === text && (lookup.answer || lookup.problem || lookup.pending)) {
+    return lookup.pending || Promise.resolve(lookup);
+  }
+  lookup.text = text;
+  lookup.answer = null;
+  lookup.problem = "";
+  const url = `/api/resolve?offline=true&link=${encodeURIComponent(text)}`;
+  lookup.pending = fetch(url, { headers: { Accept: "application/json" } })
+    .then(async (response) => {
+      const data = await response.json().catch(() => ({}));
+      if (lookup.text !== text) return lookup;
+      if (response.ok && data.provider) lookup.answer = data;
+      else lookup.problem = data.message || `The server could not read this address (status ${response.status}).`;
+      return lookup;
+    })
+    .catch(() => {
+      if (lookup.text === text) lookup.problem = "The server did not answer: is it running?";
+      return lookup;
+    })
+    .finally(() => {
+      if (lookup.text === text) lookup.pending = null;
+    });
+  return lookup.pending;
+}
+
+/** Fill the form from what the address in the field was read as; true when it was read. */
+async function settleAddress({ replace = false } = {}) {
+  const text = el.repo.value.trim();
+  if (!isAddress(text)) return true;
+  const result = await readAddress(text);
+  if (el.repo.value.trim() !== text) return false;  // typed on meanwhile
+  if (result.answer) return applyAnswer(result.answer, { replace });
+  if (surelyAddress(text)) {
+    showProblem(result.problem);
+  } else {
+    lookup.applied = text;  // a name such as "git/x" is the repository's own
+  }
+  render();
+  return false;
+}
+
+function scheduleRead() {
+  clearTimeout(lookup.timer);
+  if (isAddress(el.repo.value)) {
+    lookup.timer = setTimeout(() => settleAddress(), TYPING_PAUSE_MS);
+  }
 }
 
 /** Why the repository field cannot make a link, or "" when it can. */
@@ -78,7 +158,8 @@ function render() {
   const link = currentLink();
   const ok = Boolean(link);
   const shown = ok ? link : `${origin}/v2/…`;
-  el.link.textContent = ok ? link : EMPTY_LINK;
+  const reading = isAddress(el.repo.value) && !el.repoError.textContent;
+  el.link.textContent = ok ? link : reading ? READING : EMPTY_LINK;
   el.link.classList.toggle("muted", !ok);
   el.badgeLink.href = ok ? link : "#main";
   el.md.textContent = badgeMarkdown(origin, shown);
@@ -94,7 +175,7 @@ function render() {
     const needsThebe = button.dataset.copy === "snippet-myst" || button.dataset.copy === "snippet-thebe";
     button.disabled = !ok || (needsThebe && !target);
   }
-  if (el.repoError.textContent && !repoProblem()) showProblem("");
+  if (el.repoError.textContent && !repoProblem() && !surelyAddress(el.repo.value)) showProblem("");
 }
 
 function updateProvider() {
@@ -113,23 +194,28 @@ function updatePathKind() {
   render();
 }
 
-/** Fill the form from an address; true when the text was one we understand. A paste
- *  replaces the whole form; an address typed in keeps the ref and path it does not name. */
-function applyRepoUrl(text, { replace = false } = {}) {
-  const found = parseRepoUrl(text);
-  if (!found) return false;
-  el.provider.value = found.provider;
-  el.repo.value = found.repo;
-  if (found.ref || replace) el.ref.value = found.ref || "HEAD";
-  if (found.path || replace) {
-    el.path.value = found.path || "";
-    setPathKind(found.pathKind || "file");
+/** Fill the form from the server's reading of an address. A paste replaces the whole
+ *  form; an address typed in keeps the ref and path it does not name. */
+function applyAnswer(answer, { replace = false } = {}) {
+  const known = providerById(answer.provider);
+  if (!known) {
+    showProblem(`This page writes no links for ${answer.provider}: use ${origin}${answer.launch_path}`);
+    return false;
   }
+  el.provider.value = answer.provider;
+  el.repo.value = answer.repo;
+  lookup.applied = answer.repo;
+  // HEAD is what an address that names no ref gets: a typed one keeps the ref set here.
+  if ((answer.ref && answer.ref !== "HEAD") || replace) el.ref.value = answer.ref || "HEAD";
+  if (answer.path || replace) {
+    el.path.value = answer.path || "";
+    setPathKind(answer.path_kind || "file");
+  }
+  showProblem("");
   updateProvider();
   updatePathKind();
-  const known = providerById(found.provider);
-  el.fillStatus.textContent = `Filled in from the address: ${known.name}, ${found.repo}`
-    + (known.ref ? `, ref ${el.ref.value}` : "") + (found.path ? `, path ${found.path}` : "") + ".";
+  el.fillStatus.textContent = `Filled in from the address: ${known.name}, ${answer.repo}`
+    + (known.ref ? `, ref ${el.ref.value}` : "") + (answer.path ? `, path ${answer.path}` : "") + ".";
   return true;
 }
 
@@ -172,10 +258,11 @@ async function onCopy(button) {
   }, 2000);
 }
 
-function onSubmit(event) {
+async function onSubmit(event) {
   event.preventDefault();
-  applyRepoUrl(el.repo.value);
-  const problem = repoProblem();
+  clearTimeout(lookup.timer);
+  await settleAddress();
+  const problem = el.repoError.textContent || repoProblem();
   if (problem) {
     showProblem(problem);
     el.repo.focus();
@@ -189,16 +276,27 @@ function init() {
   for (const radio of el.form.querySelectorAll('input[name="pathkind"]')) {
     radio.addEventListener("change", updatePathKind);
   }
-  for (const input of [el.repo, el.ref, el.path]) input.addEventListener("input", render);
-  // A pasted address fills the whole form; typed text is left alone until the field is left.
-  el.repo.addEventListener("paste", (event) => {
-    const text = event.clipboardData ? event.clipboardData.getData("text") : "";
-    if (text && parseRepoUrl(text)) {
-      event.preventDefault();
-      applyRepoUrl(text, { replace: true });
-    }
+  for (const input of [el.ref, el.path]) input.addEventListener("input", render);
+  // Typed text is read once typing pauses; a pasted address at once, and it fills the
+  // whole form.
+  el.repo.addEventListener("input", () => {
+    lookup.applied = "";
+    if (el.repoError.textContent) showProblem("");
+    render();
+    scheduleRead();
   });
-  el.repo.addEventListener("change", () => applyRepoUrl(el.repo.value));
+  el.repo.addEventListener("paste", (event) => {
+    const text = event.clipboardData ? event.clipboardData.getData("text").trim() : "";
+    lookup.applied = "";
+    if (!isAddress(text)) return;
+    event.preventDefault();
+    el.repo.value = text;
+    showProblem("");
+    render();
+    clearTimeout(lookup.timer);
+    settleAddress({ replace: true });
+  });
+  el.repo.addEventListener("change", () => settleAddress());
   for (const button of document.querySelectorAll("[data-copy]")) {
     button.addEventListener("click", () => onCopy(button));
   }

@@ -4,6 +4,7 @@
 
 import {
   PHASES, buildStep, parseLaunchPath, pathToOpen, providerById, sessionUrl, shortName, specRef,
+  splitSpec,
 } from "/assets/js/binder.js";
 
 const STATUS = {
@@ -82,6 +83,7 @@ const el = {
   advice: $("advice"),
   docsLink: $("docs-link"),
   tryAgain: $("try-again"),
+  launchAnother: $("launch-another"),
   cancelled: $("cancelled"),
   cancelledHeading: $("cancelled-heading"),
   startAgain: $("start-again"),
@@ -407,7 +409,7 @@ function onEvent(event) {
   if (phase === "failed") {
     const before = state.lines.length;
     appendLog(message);
-    fail(message || "The launch failed, and the server gave no reason.", data.status_code, before);
+    fail(message || "The launch failed, and the server gave no reason.", data.status_code, before, data);
     return;
   }
   appendLog(message);
@@ -426,8 +428,10 @@ function onEvent(event) {
 
 // ----- what to try after a failure ----------------------------------------------------
 
-/** The kind of failure, from the status code the server sent and the phase it reached. */
-function failureKind(statusCode, phase) {
+/** The kind of failure: the repository's own (the server says so with `fault`), else from
+ *  the status code the server sent and the phase it reached. */
+function failureKind(statusCode, phase, fault) {
+  if (fault === "repository") return "repository";
   const code = Number(statusCode) || 0;
   const byCode = { 400: "bad-link", 403: "not-allowed", 404: "not-found", 422: "unsupported",
     429: "busy", 503: "unavailable" };
@@ -437,7 +441,45 @@ function failureKind(statusCode, phase) {
   return "other";
 }
 
+// Failures that may pass when tried again; the others repeat until something changes.
+const TRANSIENT = new Set(["busy", "unavailable", "other", "start-failed"]);
+
+// Where the files a repository is built from are explained, by file name.
+const FILE_DOCS = [
+  [/(^|\/)requirements[^/]*\.txt$/, "requirements.txt", "requirements-txt-install-a-python-environment"],
+  [/(^|\/)environment\.ya?ml$/, "environment.yml", "environment-yml-install-a-conda-environment"],
+  [/(^|\/)postBuild$/, "postBuild", "postbuild-run-code-after-installing-the-environment"],
+  [/(^|\/)Pipfile(\.lock)?$/, "Pipfile", "pipfile-and-or-pipfile-lock-install-a-python-environment"],
+  [/(^|\/)setup\.py$/, "setup.py", "setup-py-install-python-packages"],
+  [/(^|\/)runtime\.txt$/, "runtime.txt", "runtime-txt-specifying-runtimes"],
+];
+const CONFIG_DOCS = "https://repo2docker.readthedocs.io/en/latest/config_files.html";
+
+/** The docs of a file kind, as {text, href}, or null for a file without its own. */
+function fileDocs(file) {
+  const found = FILE_DOCS.find(([pattern]) => pattern.test(file || ""));
+  return found ? { text: `How to write ${found[1]}`, href: `${CONFIG_DOCS}#${found[2]}` } : null;
+}
+
+/** Where a person can see the file at fault, for the hosts whose file pages are known. */
+function fileUrl(file, line) {
+  const { provider, spec } = state.target || {};
+  if (!file || !["gh", "gl"].includes(provider)) return "";
+  const { repo, ref } = splitSpec(provider, spec);
+  const path = file.split("/").map(encodeURIComponent).join("/");
+  const host = provider === "gh" ? "https://github.com" : "https://gitlab.com";
+  const blob = provider === "gh" ? "blob" : "-/blob";
+  return `${host}/${repo}/${blob}/${encodeURIComponent(ref || "HEAD")}/${path}${line ? `#L${line}` : ""}`;
+}
+
 const ADVICE = {
+  repository: {
+    docs: "The build failed",
+    items: [
+      "This failure comes from the repository's own files, not from this server: launching again fails the same way until the repository changes.",
+      "Fix the file named above, commit the change, and launch again.",
+    ],
+  },
   "bad-link": {
     docs: "The link is not a launch link",
     items: [
@@ -479,7 +521,7 @@ const ADVICE = {
     items: [
       "Read the line that failed: it usually names the package, version or command at fault.",
       "Fix the environment files: a misspelt package, a version that does not exist, or a postBuild script that stops with an error.",
-      "Build the repository on your own computer with repo2docker to see the same error.",
+      "Install the same files on your own computer to see the same error (the log's first lines say which builder this server uses: uv or repo2docker).",
     ],
   },
   "start-failed": {
@@ -498,16 +540,32 @@ const ADVICE = {
   },
 };
 
-function showAdvice(kind) {
+function showAdvice(kind, data = {}) {
   const advice = ADVICE[kind];
-  el.advice.replaceChildren(...advice.items.map((text) => {
+  const items = advice.items.map((text) => {
     const item = document.createElement("li");
     item.textContent = text;
     return item;
-  }));
-  el.docsLink.href = `/help.html#${kind}`;
-  el.docsLink.textContent = advice.docs;
+  });
+  const url = kind === "repository" ? fileUrl(data.file, data.line) : "";
+  if (url) {
+    const item = document.createElement("li");
+    const link = document.createElement("a");
+    link.href = url;
+    link.id = "file-link";
+    link.textContent = `Open ${data.file}` + (data.line ? ` at line ${data.line}` : "");
+    item.append(link, " in the repository.");
+    items.push(item);
+  }
+  el.advice.replaceChildren(...items);
+  const docs = kind === "repository" ? fileDocs(data.file) : null;
+  el.docsLink.href = docs ? docs.href : `/help.html#${kind === "repository" ? "build-failed" : kind}`;
+  el.docsLink.textContent = docs ? docs.text : advice.docs;
   el.failure.dataset.kind = kind;
+  // Try again only where it may help; elsewhere the way on is another repository.
+  el.tryAgain.hidden = !TRANSIENT.has(kind);
+  el.launchAnother.classList.toggle("button", !TRANSIENT.has(kind));
+  el.launchAnother.classList.toggle("primary", !TRANSIENT.has(kind));
 }
 
 // ----- endings ------------------------------------------------------------------------
@@ -554,29 +612,34 @@ function ready(data) {
   location.replace(target);
 }
 
-function fail(message, statusCode, logLines = state.lines.length) {
+function fail(message, statusCode, logLines = state.lines.length, data = {}) {
   const reached = state.phase;
+  const kind = failureKind(statusCode, reached, data.fault);
   state.done = true;
   close();
   finish("failed");
   el.main.dataset.phase = "failed";
   setStatus(STATUS.failed);
-  setDetail(statusCode ? `The server answered with status ${statusCode}.` : "");
+  // A status code means something only when the server itself is in question.
+  setDetail(statusCode && TRANSIENT.has(kind) ? `The server answered with status ${statusCode}.` : "");
   setTitle(`Failed: ${state.name}`);
   setFavicon("failed");
   if (state.from) el.source.textContent = `Could not launch from ${state.from}`;
   el.failureMessage.textContent = String(message).trimEnd();
-  const kind = failureKind(statusCode, reached);
-  showAdvice(kind);
-  const index = kind === "build-failed" || kind === "start-failed" ? failingLine(logLines) : -1;
-  if (index >= 0) {
+  el.failureHeading.textContent = kind === "repository"
+    ? `The repository${data.file ? `'s ${data.file}` : ""} needs a fix` : "Why it failed";
+  showAdvice(kind, data);
+  const index = ["build-failed", "start-failed", "repository"].includes(kind) ? failingLine(logLines) : -1;
+  if (index >= 0) markLogLine(index);
+  // The server's message names the cause of a repository's failure: shown once, there,
+  // with the log closed. Otherwise the log's failing line is the best clue.
+  if (index >= 0 && kind !== "repository") {
     el.failingText.textContent = state.lines[index].trim();
-    markLogLine(index);
     el.failing.hidden = false;
   }
   el.failure.hidden = false;
   el.lost.hidden = true;
-  setLogOpen(true);
+  setLogOpen(kind !== "repository");
   const mark = document.getElementById("log-failing-line");
   if (mark) el.log.scrollTop = Math.max(0, mark.offsetTop - el.log.offsetTop - 40);
   el.failureHeading.focus({ preventScroll: true });
