@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["FUNCTIONS_DIR", "chalice_package", "stage_chalice_project"]
+__all__ = ["FUNCTIONS_DIR", "PackagingFailed", "chalice_package", "stage_chalice_project"]
 
 FUNCTIONS_DIR = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -44,5 +44,19 @@ def chalice_package(project: Path, out: Path, *, stage: str = "prod",
         cmd[2:2] = ["--merge-template", str(merge_template.resolve())]
     result = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"chalice package failed:\n{result.stdout}\n{result.stderr}")
+        raise PackagingFailed(_why_packaging_failed(result.stdout + result.stderr))
     return out
+
+
+class PackagingFailed(Exception):
+    """``chalice package`` did not produce the Lambda package; the message says why."""
+
+
+def _why_packaging_failed(output: str) -> str:
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    last = lines[-1] if lines else "no output"
+    if "NoSuchPackageError" in output or "Could not satisfy the requirement" in output:
+        return (f"chalice package could not download the Lambda's Python dependencies "
+                f"({last.rpartition(': ')[2]}) from the package index. Check the network "
+                "connection (or PIP_INDEX_URL), then run the command again.")
+    return f"chalice package failed: {last}"

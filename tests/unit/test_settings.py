@@ -34,3 +34,4 @@ def test_url_guard_follows_reachability() -> None:
     assert not load_settings({}).enforce_url_guard  # a laptop on 127.0.0.1
     assert load_settings({}, allow_local_paths=False).enforce_url_guard  # reachable by others
     assert load_settings({"BINDERLESS_MODE": "aws"}).enforce_url_guard
+

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
+from ..packaging import PackagingFailed
 from .errors import DeployError, translate
 
 if TYPE_CHECKING:
@@ -41,7 +42,11 @@ def add_parsers(sub: Any) -> None:
         "images if this checkout's are not built yet, then the stack NAME itself, then the "
         "launch pages. A new stack is created, an existing one updated; the stacks' events "
         "are shown as they happen. Parameters not given keep their previous value on an "
-        "update. --dry-run only writes the packaged templates and the plan, with no AWS call.",
+        "update. --dry-run only writes the packaged templates and the plan, with no AWS call. "
+        "What idles (the gateway, its load balancer; no NAT gateway by default) and what a "
+        "session-hour and a build cost are printed before each deploy (--estimate prints "
+        "them alone). Tested on moto and a local Docker engine; not yet run on a real AWS "
+        "account (docs/operators.md, 'Not verified yet').",
         epilog="Examples:\n"
         "  binderless deploy --stack binder --region eu-west-1\n"
         "  binderless deploy --stack binder --param SessionMemory=8192 --param MaxSessions=50\n"
@@ -219,7 +224,7 @@ def run(args: argparse.Namespace, *, clients: ClientFactory | None = None,
             return deploy(args, clients=clients, out=out, environ=environ, sleep=sleep,
                           packager=packager)
         return destroy(args, clients=clients, out=out, environ=environ, sleep=sleep, ask=ask)
-    except DeployError as exc:
+    except (DeployError, PackagingFailed) as exc:
         print(f"binderless {args.command}: {exc}", file=err)
         return 1
     except KeyboardInterrupt:
