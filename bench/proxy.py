@@ -14,8 +14,11 @@ document and echoing WebSocket messages):
 for a direct connection, configurable-http-proxy (JupyterHub's proxy, the npm package,
 installed on first use into ~/.cache/binderless-bench) and binderless (its aiohttp app
 from ``create_app`` over a local service whose store routes a session to the upstream,
-served as ``binderless serve`` serves it). The upstream, each proxy and each load
-generator run in processes of their own. Prints binderless/CHP ratios; the targets are
+served as ``binderless serve`` serves it; ``--targets`` adds binderless-aiohttp, binderless
+with aiohttp's client in place of its lean forwarder). The upstream, each proxy and each
+load generator run in processes of their own; the HTTP figures are measured in rounds,
+the targets taking turns (``--rounds``), so that load from elsewhere on the machine
+falls on all of them alike. Prints binderless/CHP ratios; the targets are
 at least CHP's requests/s and no worse p99 at concurrency 32 and 128, and every
 WebSocket held with no error and no lost message. Without ``wrk`` (Debian: ``apt-get
 install wrk``) a slower Python load generator stands in; without ``npm``/``node`` CHP is
@@ -38,7 +41,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,15 +190,19 @@ def chp_command() -> list[str] | None:
     return [str(binary)]
 
 
-def serve_binderless(port: int, upstream: str, state_dir: str) -> None:
+def serve_binderless(port: int, upstream: str, state_dir: str, forwarder: str = "lean") -> None:
     """The ``binderless`` subcommand: the proxy as ``binderless serve`` runs it, with one
-    session routed to ``upstream``; prints the session's path and token when ready."""
+    session routed to ``upstream``; ``forwarder`` "aiohttp" sends plain requests through
+    aiohttp's client instead of the lean forwarder (the comparison of the two)."""
     sys.path.insert(0, str(ROOT / "functions"))
     from binderless.backends.protocols import Route, SessionRecord
     from binderless.local import local_service
     from binderless.server import create_app
     from binderless.server.connections import start_listener
+    from binderless.server.proxy import SessionProxy
     from binderless.settings import Settings
+
+    SessionProxy.lean_forwarder = forwarder == "lean"
 
     settings = Settings(state_dir=Path(state_dir), port=port, cull_interval_seconds=1e6)
     service = local_service(settings)
@@ -251,6 +258,23 @@ class HttpFigures:
     p99_ms: float
     cpu_ms_per_request: float | None
     errors: int
+    requests: int = 0
+
+
+def combined(rounds: list[HttpFigures], seconds: float) -> HttpFigures:
+    """One figure from rounds of ``seconds`` each: requests/s over all of them, the
+    median round's p50 and p99, CPU over all requests."""
+    def median(values: list[float]) -> float:
+        return sorted(values)[len(values) // 2]
+
+    requests = sum(r.requests for r in rounds)
+    cpu = [r.cpu_ms_per_request * r.requests for r in rounds
+           if r.cpu_ms_per_request is not None]
+    return HttpFigures(
+        sum(r.rps for r in rounds) / len(rounds), median([r.p50_ms for r in rounds]),
+        median([r.p99_ms for r in rounds]),
+        sum(cpu) / requests if cpu and len(cpu) == len(rounds) and requests else None,
+        sum(r.errors for r in rounds), requests)
 
 
 def _ms(value: str, unit: str) -> float:
@@ -278,7 +302,8 @@ def wrk_load(target: Target, concurrency: int, seconds: float) -> HttpFigures:
         errors += int(match.group(1))
     return HttpFigures(rps, _ms(*p50.groups()) if p50 else float("nan"),
                        _ms(*p99.groups()) if p99 else float("nan"),
-                       used * 1000 / total if used is not None and total else None, errors)
+                       used * 1000 / total if used is not None and total else None, errors,
+                       total)
 
 
 def python_load(target: Target, concurrency: int, seconds: float) -> HttpFigures:
@@ -291,7 +316,7 @@ def python_load(target: Target, concurrency: int, seconds: float) -> HttpFigures
     result = json.loads(out)
     return HttpFigures(result["rps"], result["p50_ms"], result["p99_ms"],
                        used * 1000 / result["total"] if used is not None and result["total"]
-                       else None, result["errors"])
+                       else None, result["errors"], result["total"])
 
 
 def run_python_load(url: str, concurrency: int, seconds: float, headers: dict[str, str]) -> None:
@@ -447,6 +472,14 @@ def main() -> None:
     parser.add_argument("--ws-seconds", type=float, default=20.0,
                         help="how long each WebSocket echoes (one message a second)")
     parser.add_argument("--concurrency", default="1,32,128")
+    parser.add_argument("--targets", default="direct,chp,binderless",
+                        help="what to measure, in order; binderless-aiohttp is binderless "
+                             "with aiohttp's client instead of the lean forwarder")
+    parser.add_argument("--skip-websockets", action="store_true")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="each HTTP figure is measured in this many rounds, the "
+                             "targets taking turns, so that load from elsewhere on the "
+                             "machine falls on all of them alike")
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.websockets, args.ws_seconds = 1.0, 50, 2.0
@@ -465,18 +498,31 @@ def main() -> None:
             upstream_process(node, Path(tmp)) as upstream_port:
         upstream = f"http://127.0.0.1:{upstream_port}"
         results: dict[str, tuple[dict[int, HttpFigures], WsFigures]] = {}
-        for name in ("direct", "chp", "binderless"):
-            if name == "chp" and chp is None:
-                continue
-            with target_process(name, upstream, upstream_port, chp, Path(tmp)) as target:
-                http = {}
-                for level in levels:
+        names = [n for n in args.targets.split(",") if n != "chp" or chp is not None]
+        with ExitStack() as running:
+            # Every target runs at once (an idle one costs nothing) and they take turns,
+            # round after round: a burst of load from elsewhere is not one target's luck.
+            targets = [running.enter_context(
+                target_process(name, upstream, upstream_port, chp, Path(tmp)))
+                for name in names]
+            http: dict[str, dict[int, HttpFigures]] = {name: {} for name in names}
+            rounds = max(1, args.rounds)
+            for level in levels:
+                measured: dict[str, list[HttpFigures]] = {name: [] for name in names}
+                for target in targets:
                     if not args.quick:
                         load(target, level, 1.0)  # warm up
-                    http[level] = load(target, level, args.seconds)
-                ws = ws_load(target, args.websockets, args.ws_seconds)
-                results[name] = (http, ws)
-                print_target(name, http, ws, args.websockets, flush=True)
+                for _ in range(rounds):
+                    for target in targets:
+                        measured[target.name].append(load(target, level,
+                                                          args.seconds / rounds))
+                for name in names:
+                    http[name][level] = combined(measured[name], args.seconds / rounds)
+            for target in targets:
+                ws = (WsFigures(0, 0, 0, float("nan"), None) if args.skip_websockets
+                      else ws_load(target, args.websockets, args.ws_seconds))
+                results[target.name] = (http[target.name], ws)
+                print_target(target.name, http[target.name], ws, args.websockets, flush=True)
     print_ratios(results, levels, args.websockets)
 
 
@@ -511,7 +557,8 @@ def target_process(name: str, upstream: str, upstream_port: int, chp: list[str] 
             yield Target(name, f"http://127.0.0.1:{port}", path, {}, proc.pid)
         return
     state = tmp / f"state-{port}"
-    cmd = [sys.executable, __file__, "binderless", str(port), upstream, str(state)]
+    forwarder = "aiohttp" if name == "binderless-aiohttp" else "lean"
+    cmd = [sys.executable, __file__, "binderless", str(port), upstream, str(state), forwarder]
     env = {**os.environ, "AWS_EC2_METADATA_DISABLED": "true"}
     with process(cmd, port, "binderless", env=env, cwd=ROOT) as proc:
         token = "bench-token-" + "0" * 40
@@ -525,43 +572,48 @@ def print_target(name: str, http: dict[int, HttpFigures], ws: WsFigures, wanted:
                  flush: bool = False) -> None:
     for level, f in http.items():
         cpu = f"{f.cpu_ms_per_request:.3f} ms CPU/request" if f.cpu_ms_per_request else ""
-        print(f"{name:>10} http c={level:<4} {f.rps:9.0f} req/s  p50 {f.p50_ms:7.2f} ms  "
+        print(f"{name:>18} http c={level:<4} {f.rps:9.0f} req/s  p50 {f.p50_ms:7.2f} ms  "
               f"p99 {f.p99_ms:7.2f} ms  errors {f.errors}  {cpu}", flush=flush)
     memory = (f"  {ws.bytes_per_connection / 1024:.1f} KiB/connection"
               if ws.bytes_per_connection is not None else "")
-    print(f"{name:>10} websockets {ws.held}/{wanted} held  errors {ws.errors}  lost {ws.lost}  "
+    print(f"{name:>18} websockets {ws.held}/{wanted} held  errors {ws.errors}  lost {ws.lost}  "
           f"p99 {ws.p99_ms:.2f} ms{memory}"
           + (f"  ({'; '.join(ws.notes)})" if ws.notes else ""), flush=flush)
 
 
 def print_ratios(results: dict[str, tuple[dict[int, HttpFigures], WsFigures]],
                  levels: list[int], wanted: int) -> None:
-    if "chp" not in results or "binderless" not in results:
+    if "chp" not in results:
         return
-    ours, theirs = results["binderless"], results["chp"]
-    print("binderless / configurable-http-proxy:")
-    rps_ratios, p99_ratios = [], []
-    for level in levels:
-        rps = ours[0][level].rps / theirs[0][level].rps
-        p99 = ours[0][level].p99_ms / theirs[0][level].p99_ms
-        cpu_ours, cpu_theirs = ours[0][level].cpu_ms_per_request, theirs[0][level].cpu_ms_per_request
-        cpu = f"  CPU/request {cpu_ours / cpu_theirs:.2f}x" if cpu_ours and cpu_theirs else ""
-        print(f"  http c={level:<4} requests/s {rps:.2f}x  p99 {p99:.2f}x{cpu}")
-        if level >= 32:
-            rps_ratios.append(rps)
-            p99_ratios.append(p99)
-    ws_ours, ws_theirs = ours[1], theirs[1]
-    print(f"  websockets: binderless held {ws_ours.held}/{wanted} (errors {ws_ours.errors}, "
-          f"lost {ws_ours.lost}), CHP {ws_theirs.held}/{wanted} (errors {ws_theirs.errors}, "
-          f"lost {ws_theirs.lost}); p99 {ws_ours.p99_ms / ws_theirs.p99_ms:.2f}x")
-    if rps_ratios:
-        print(f"ratio requests/s at c>=32 (target >= 1.0): {min(rps_ratios):.2f}")
-        print(f"ratio p99 at c>=32 (target <= 1.0): {max(p99_ratios):.2f}")
+    theirs = results["chp"]
+    for name in [n for n in results if n.startswith("binderless")]:
+        ours = results[name]
+        print(f"{name} / configurable-http-proxy:")
+        rps_ratios, p99_ratios = [], []
+        for level in levels:
+            rps = ours[0][level].rps / theirs[0][level].rps
+            p99 = ours[0][level].p99_ms / theirs[0][level].p99_ms
+            cpu_ours = ours[0][level].cpu_ms_per_request
+            cpu_theirs = theirs[0][level].cpu_ms_per_request
+            cpu = f"  CPU/request {cpu_ours / cpu_theirs:.2f}x" if cpu_ours and cpu_theirs else ""
+            print(f"  http c={level:<4} requests/s {rps:.2f}x  p99 {p99:.2f}x{cpu}")
+            if level >= 32:
+                rps_ratios.append(rps)
+                p99_ratios.append(p99)
+        ws_ours, ws_theirs = ours[1], theirs[1]
+        if ws_ours.held or ws_theirs.held:
+            print(f"  websockets: {name} held {ws_ours.held}/{wanted} (errors {ws_ours.errors}, "
+                  f"lost {ws_ours.lost}), CHP {ws_theirs.held}/{wanted} (errors "
+                  f"{ws_theirs.errors}, lost {ws_theirs.lost}); "
+                  f"p99 {ws_ours.p99_ms / ws_theirs.p99_ms:.2f}x")
+        if rps_ratios:
+            print(f"  ratio requests/s at c>=32 (target >= 1.0): {min(rps_ratios):.2f}")
+            print(f"  ratio p99 at c>=32 (target <= 1.0): {max(p99_ratios):.2f}")
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "binderless":
-        serve_binderless(int(sys.argv[2]), sys.argv[3], sys.argv[4])
+        serve_binderless(int(sys.argv[2]), sys.argv[3], sys.argv[4], *sys.argv[5:6])
     elif len(sys.argv) > 1 and sys.argv[1] == "upstream":
         serve_python_upstream(int(sys.argv[2]))
     elif len(sys.argv) > 1 and sys.argv[1] == "load":

@@ -47,11 +47,29 @@ class Upstream:
 
     pings: int = 0
     bodies: list[int] = field(default_factory=list)
+    #: The proxy's connections that requests came on (their client ports).
+    peers: set[int] = field(default_factory=set)
 
 
 def upstream_app(seen: Upstream) -> web.Application:
     async def status(request: web.Request) -> web.Response:
-        return web.json_response({"path": request.path})
+        seen.peers.add(request.transport.get_extra_info("peername")[1]
+                       if request.transport else 0)
+        response = web.json_response({"path": request.path})
+        # A session's server may set its own cookies, never binderless's.
+        response.headers.add("Set-Cookie", "binderless-user=forged; Path=/")
+        response.headers.add("Set-Cookie", "own=1; Path=/")
+        return response
+
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()  # no length: sent chunked
+        response.headers["X-Pieces"] = "3"
+        await response.prepare(request)
+        for piece in (b"first,", b"second,", b"third"):
+            await response.write(piece)
+            await asyncio.sleep(0.01)
+        await response.write_eof()
+        return response
 
     async def upload(request: web.Request) -> web.Response:
         size = 0
@@ -86,6 +104,7 @@ def upstream_app(seen: Upstream) -> web.Application:
     app = web.Application()
     app.router.add_get("/user/{sid}/headers", headers)
     app.router.add_get("/user/{sid}/api/status", status)
+    app.router.add_get("/user/{sid}/chunked", chunked)
     app.router.add_post("/user/{sid}/upload", upload)
     app.router.add_get("/user/{sid}/slow", slow)
     app.router.add_get("/user/{sid}/ws", echo)
@@ -100,14 +119,15 @@ class Proxy:
     seen: Upstream
     loop: asyncio.AbstractEventLoop
 
-    def add_session(self) -> tuple[str, str]:
+    def add_session(self, upstream: str = "") -> tuple[str, str]:
+        """A running session routed to ``upstream`` (default: the stand-in Jupyter)."""
         session_id, token = secrets.token_hex(8), secrets.token_hex(32)
         now = self.service.clock()
         self.service.store.add_session(SessionRecord(
             session_id=session_id, launch_id="l-" + session_id, owner="", repo_url="r",
             resolved_ref="a" * 40, image_key="k", home="", target="", token=token,
             backend_id="", status="starting", created_at=now, last_activity=now))
-        self.service.routes.add(Route(session_id, self.upstream, token))
+        self.service.routes.add(Route(session_id, upstream or self.upstream, token))
         return session_id, token
 
 
@@ -448,3 +468,77 @@ def test_the_loop_reports_a_kind_of_error_once_a_minute(caplog: pytest.LogCaptur
     assert len(messages) == 2, messages
     assert "9999 more like it" in messages[1]
     assert not any(r.exc_info for r in caplog.records)  # a state, not a traceback
+
+
+def test_plain_requests_reuse_kept_alive_connections_and_keep_their_headers(
+        proxy: Proxy) -> None:
+    session_id, token = proxy.add_session()
+    base = f"{proxy.base}/user/{session_id}"
+    with httpx.Client(timeout=10) as client:
+        first = client.get(f"{base}/api/status", params={"token": token})
+        assert first.status_code == 200
+        assert first.json() == {"path": f"/user/{session_id}/api/status"}
+        # The session cookie is set after a valid token; the session's own cookie passes,
+        # one named like binderless's does not.
+        assert first.cookies.get(f"binderless-session-{session_id}") == token
+        set_cookies = first.headers.get_list("set-cookie")
+        assert any(c.startswith("own=1") for c in set_cookies), set_cookies
+        assert not any("binderless-user" in c for c in set_cookies), set_cookies
+        for _ in range(9):  # now with the cookie alone
+            again = client.get(f"{base}/api/status")
+            assert again.status_code == 200
+            assert f"binderless-session-{session_id}" not in again.headers.get(
+                "set-cookie", "")
+        head = client.head(f"{base}/api/status")
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-length"] == first.headers["content-length"]
+        pieces = client.get(f"{base}/chunked")
+        assert pieces.status_code == 200
+        assert pieces.content == b"first,second,third"
+        assert pieces.headers["x-pieces"] == "3"
+    # Eleven requests from one client in sequence: one connection to the session.
+    assert len(proxy.seen.peers) == 1, proxy.seen.peers
+
+
+def scripted_upstream(answer: bytes) -> tuple[socket.socket, threading.Thread]:
+    """A server that answers every connection's first request with ``answer`` and
+    closes it."""
+    listening = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listening.accept()
+                with conn:
+                    conn.recv(65536)
+                    conn.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listening, thread
+
+
+def test_a_session_server_that_is_gone_or_breaks_off_gets_502(proxy: Proxy) -> None:
+    gone, _ = proxy.add_session(f"http://127.0.0.1:{free_port()}")
+    listening, _ = scripted_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nonly part of it")
+    garbled_listening, _ = scripted_upstream(b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n")
+    try:
+        cut, cut_token = proxy.add_session(f"http://127.0.0.1:{listening.getsockname()[1]}")
+        garbled, garbled_token = proxy.add_session(
+            f"http://127.0.0.1:{garbled_listening.getsockname()[1]}")
+        with httpx.Client(timeout=10) as client:
+            token = proxy.service.routes.lookup(gone).token
+            answer = client.get(f"{proxy.base}/user/{gone}/api/status", params={"token": token})
+            assert answer.status_code == 502
+            assert "not answering" in answer.json()["message"]
+            answer = client.get(f"{proxy.base}/user/{garbled}/x",
+                                params={"token": garbled_token})
+            assert answer.status_code == 502
+            # Cut off mid-body: the client must never take the part for the whole.
+            answer = client.get(f"{proxy.base}/user/{cut}/x", params={"token": cut_token})
+            assert answer.status_code == 502
+    finally:
+        listening.close()
+        garbled_listening.close()
+    assert httpx.get(proxy.base + "/health").status_code == 200

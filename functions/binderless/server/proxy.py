@@ -14,6 +14,12 @@ cap (aiohttp's default of 100 let 100 WebSockets to one session freeze every oth
 Bodies sent to a session are limited (``max_upload_bytes``, 413 beyond it), and a
 proxied WebSocket is pinged at both ends every ``ping_seconds`` so that idle kernels
 survive proxies that cut silent connections (CloudFront: 10 minutes).
+
+Plain requests go through the lean forwarder of ``forward.py`` (about half the CPU of
+aiohttp's client per request); pages that get the banner and WebSockets go through
+aiohttp's client. The module is one room because every path shares the checks above
+(token, owner, cookies, forwarded headers, limits); the wire protocol lives in
+``forward.py``.
 """
 
 from __future__ import annotations
@@ -23,13 +29,16 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import WSMsgType, web
+from multidict import CIMultiDict
 from yarl import URL
 
 from ..backends.protocols import Route
 from ..identity import IDENTITY_COOKIE
+from .forward import Exchange, UpstreamError, UpstreamPool, request_head
 from .session_tools import MAX_PAGE_BYTES, PREFIX, SessionTools, inject_banner, wants_banner
 
 __all__ = ["SessionProxy", "cookie_name", "tokens_match"]
@@ -44,6 +53,18 @@ HOP_BY_HOP = {
 
 #: Set by the proxy itself, never passed on from the client.
 FORWARDED = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+
+#: What the lean forwarder never passes on from a client's request head: hop-by-hop
+#: headers, ours, and ``Expect`` (the server already answered ``100 Continue``).
+DROPPED_REQUEST_HEADERS = frozenset(
+    name.encode() for name in HOP_BY_HOP | FORWARDED | {"expect", "proxy-connection"})
+
+#: Request bodies up to this size are read before they are sent, so that a request
+#: can be sent again on a new connection (see ``forward``); larger ones stream.
+REPLAY_BODY_BYTES = 64 * 1024
+
+#: A WebSocket reports activity at most this often (not on every message).
+ACTIVITY_SECONDS = 5.0
 
 #: Answers up to this size are read whole and sent in one write, not streamed.
 WHOLE_BODY_BYTES = 256 * 1024
@@ -82,15 +103,32 @@ def _too_large(limit: int) -> web.Response:
     return response
 
 
-def _presented_token(request: web.Request, session_id: str) -> str:
-    token = request.query.get("token", "")
+def _cookie(header: str, name: str) -> str:
+    """The value of cookie ``name`` in a ``Cookie`` header ("" if absent): the proxy's
+    own cookie only, without parsing every cookie of the request as ``request.cookies``
+    does on each proxied request."""
+    if name not in header:
+        return ""
+    prefix = name + "="
+    for part in header.split(";"):
+        part = part.strip()
+        if part.startswith(prefix):
+            return part[len(prefix):]
+    return ""
+
+
+def _presented_token(request: web.Request, session_id: str) -> tuple[str, str]:
+    """The token the request presents, and the value of its session cookie."""
+    cookie = _cookie(request.headers.get("Cookie", ""), cookie_name(session_id))
+    query = request.query_string
+    token = request.query.get("token", "") if "oken" in query or "%" in query else ""
     if token:
-        return token
+        return token, cookie
     auth = request.headers.get("Authorization", "")
     scheme, _, value = auth.partition(" ")
     if scheme.lower() in ("token", "bearer") and value:
-        return value.strip()
-    return request.cookies.get(cookie_name(session_id), "")
+        return value.strip(), cookie
+    return cookie, cookie
 
 
 class RouteCache:
@@ -133,7 +171,19 @@ class RouteCache:
         self._routes.pop(session_id, None)
 
 
+def _declared_length(headers: list[tuple[str, str]]) -> int | None:
+    """The Content-Length an answer to HEAD declared (that of the GET it stands for)."""
+    for name, value in headers:
+        if name.lower() == "content-length" and value.isdigit():
+            return int(value)
+    return None
+
+
 class SessionProxy:
+    #: Plain requests go through the lean forwarder (``forward.py``); false: through
+    #: aiohttp's client, as before it (the benchmark compares the two).
+    lean_forwarder = True
+
     def __init__(self, lookup: Callable[[str], Route], on_activity: Callable[[str], None], *,
                  identify: Callable[[web.Request], str] | None = None,
                  tools: SessionTools | None = None, route_ttl: float = 0.0,
@@ -150,8 +200,11 @@ class SessionProxy:
         self.identify = identify
         self.tools = tools
         self._client: aiohttp.ClientSession | None = None
+        self.upstreams = UpstreamPool()
+        self._targets: dict[str, tuple[str, int, str] | None] = {}
 
     async def close(self) -> None:
+        await self.upstreams.close()
         if self._client is not None:
             await self._client.close()
         if self.tools is not None:
@@ -175,7 +228,7 @@ class SessionProxy:
             return web.json_response(
                 {"message": "This session belongs to someone else. If it is yours, sign in "
                             "as the person who launched it."}, status=403)
-        presented = _presented_token(request, session_id)
+        presented, session_cookie = _presented_token(request, session_id)
         authorised = bool(presented) and tokens_match(presented, route.token)
         if not authorised and request.method != "OPTIONS":
             return web.json_response(
@@ -187,14 +240,148 @@ class SessionProxy:
         if self.tools is not None and rest.startswith(PREFIX) and authorised:
             return await self.tools.handle(request, route, rest)
         self.on_activity(session_id)
-        upstream = URL(route.target + request.raw_path, encoded=True)
         cookie = ""
-        if authorised and request.cookies.get(cookie_name(session_id)) != route.token:
+        if authorised and session_cookie != route.token:
             cookie = route.token
-        if request.headers.get("Upgrade", "").lower() == "websocket":
+        if "Upgrade" in request.headers and \
+                request.headers["Upgrade"].lower() == "websocket":
+            upstream = URL(route.target + request.raw_path, encoded=True)
             return await self._websocket(request, upstream, session_id)
         banner = self.tools is not None and wants_banner(request, rest)
+        target = self._target(route.target)
+        if self.lean_forwarder and not banner and target is not None:
+            return await self._forward(request, target, session_id, cookie)
+        upstream = URL(route.target + request.raw_path, encoded=True)
         return await self._http(request, upstream, session_id, cookie, banner)
+
+    def _target(self, target: str) -> tuple[str, int, str] | None:
+        """Host, port and ``Host`` header of a plain ``http://host:port`` target (None:
+        anything else, which aiohttp's client handles)."""
+        try:
+            return self._targets[target]
+        except KeyError:
+            pass
+        parts = urlsplit(target)
+        found = None
+        if parts.scheme == "http" and parts.hostname and parts.path in ("", "/") \
+                and not parts.query and not parts.username:
+            try:
+                found = (parts.hostname, parts.port or 80, parts.netloc)
+            except ValueError:  # a port out of range
+                found = None
+        if len(self._targets) >= 10_000:
+            self._targets.clear()
+        self._targets[target] = found
+        return found
+
+    def _request_headers(self, request: web.Request) -> list[tuple[bytes, bytes]]:
+        """The headers the lean forwarder sends: the client's raw ones without hop-by-hop
+        headers (and those ``Connection`` names), ours, or binderless's cookies."""
+        raw = request.raw_headers
+        named: frozenset[bytes] = frozenset()
+        if "Connection" in request.headers:
+            named = frozenset(token.strip().lower().encode("latin-1", "replace")
+                              for value in request.headers.getall("Connection")
+                              for token in value.split(","))
+        headers: list[tuple[bytes, bytes]] = []
+        for name, value in raw:
+            lower = name.lower()
+            if lower in DROPPED_REQUEST_HEADERS or lower in named:
+                continue
+            if lower == b"cookie" and b"binderless-" in value:
+                # The sign-in is binderless's: a session's server (the repository's code)
+                # never sees it, so it cannot take it elsewhere.
+                value = private_cookies_removed(value.decode("latin-1")).encode("latin-1")
+                if not value:
+                    continue
+            headers.append((name, value))
+        headers.append((b"X-Forwarded-For", (request.remote or "").encode("latin-1", "replace")))
+        headers.append((b"X-Forwarded-Proto", request.scheme.encode()))
+        headers.append((b"X-Forwarded-Host",
+                        (request.host or "").encode("utf-8", "surrogateescape")))
+        return headers
+
+    async def _forward(self, request: web.Request, target: tuple[str, int, str],
+                       session_id: str, cookie: str) -> web.StreamResponse:
+        """``request`` through the lean forwarder (``forward.py``)."""
+        length = request.content_length
+        if length is not None and length > self.max_upload_bytes:
+            return _too_large(self.max_upload_bytes)
+        # Methods that carry a body get a Content-Length even when it is empty (some
+        # servers answer 411 without one), as aiohttp's client sends it.
+        body: bytes | AsyncIterator[bytes] | None = \
+            b"" if request.method in ("POST", "PUT", "PATCH") else None
+        if request.body_exists:
+            if length is not None and length <= REPLAY_BODY_BYTES:
+                body = await request.content.read()
+            else:
+                body = self._limited(request.content)
+        host, port, host_header = target
+        head = request_head(request.method, request.raw_path, host_header,
+                            self._request_headers(request))
+        try:
+            exchange = await self.upstreams.send(host, port, request.method, head, body)
+        except BodyTooLarge:
+            return _too_large(self.max_upload_bytes)
+        except UpstreamError as exc:
+            log.info("session upstream failed: %s", exc)
+            self.routes.forget(session_id)
+            return web.json_response(
+                {"message": "The session's server is not answering. It may have stopped; "
+                            "launch the repository again."}, status=502)
+        try:
+            return await self._answer(request, exchange, session_id, cookie)
+        finally:
+            exchange.release()  # closes the connection unless the answer was read whole
+
+    async def _answer(self, request: web.Request, exchange: Exchange, session_id: str,
+                      cookie: str) -> web.StreamResponse:
+        headers: CIMultiDict[str] = CIMultiDict()
+        named = {token.strip().lower() for name, value in exchange.headers
+                 if name.lower() == "connection" for token in value.split(",")}
+        for name, value in exchange.headers:
+            lower = name.lower()
+            if lower in HOP_BY_HOP or lower in named:
+                continue
+            if lower == "set-cookie" and value.lstrip().startswith(PRIVATE_PREFIX):
+                continue  # a session's server may not sign anyone in or out
+            headers.add(name, value)
+        length = exchange.length
+        whole = length is not None and length <= WHOLE_BODY_BYTES and not exchange.bodiless
+        response = (web.Response if whole else web.StreamResponse)(
+            status=exchange.status, reason=exchange.reason, headers=headers)
+        if cookie:
+            # Set before prepare(): once the headers are sent, a cookie is lost.
+            response.set_cookie(cookie_name(session_id), cookie, path=f"/user/{session_id}/",
+                                httponly=True, samesite="Lax")
+        if isinstance(response, web.Response):
+            try:
+                response.body = await exchange.read_all()
+            except UpstreamError as exc:
+                log.info("session upstream failed mid-answer: %s", exc)
+                return web.json_response(
+                    {"message": "The session's server stopped answering."}, status=502)
+            return response
+        if exchange.bodiless:
+            # HEAD (and 304) declare the length of the body they stand for.
+            response.content_length = _declared_length(exchange.headers)
+        elif length is not None:
+            response.content_length = length
+        try:
+            await response.prepare(request)
+            async for piece in exchange.chunks():
+                await response.write(piece)
+            await response.write_eof()
+        except ConnectionResetError:
+            # The browser went away (a closed tab, a cancelled download): normal.
+            log.debug("client left during %s %s", request.method, request.path)
+        except UpstreamError as exc:
+            # The head is sent: all that is left is to cut the client's connection, so
+            # it sees a broken answer, not a complete one.
+            log.info("session upstream failed mid-answer: %s", exc)
+            if request.transport is not None:
+                request.transport.close()
+        return response
 
     def _forward_headers(self, request: web.Request) -> dict[str, str]:
         headers: dict[str, str] = {}
@@ -312,6 +499,10 @@ class SessionProxy:
 
     async def _websocket(self, request: web.Request, upstream: URL,
                          session_id: str) -> web.StreamResponse:
+        if not web.WebSocketResponse().can_prepare(request).ok:
+            # A malformed handshake is refused before the session's server is dialled.
+            return web.json_response({"message": "This is not a valid WebSocket request."},
+                                     status=400)
         protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
                      if p.strip()]
         headers = {k: v for k, v in self._forward_headers(request).items()
@@ -337,12 +528,21 @@ class SessionProxy:
         except ConnectionResetError:
             await upstream_ws.close()
             return client_ws
+        except BaseException:
+            await upstream_ws.close()  # never leave the session's side open
+            raise
+
+        clock = asyncio.get_running_loop().time
+        reported = [clock()]
 
         async def pump(source: aiohttp.ClientWebSocketResponse | web.WebSocketResponse,
                        sink: aiohttp.ClientWebSocketResponse | web.WebSocketResponse) -> None:
             try:
                 async for message in source:
-                    self.on_activity(session_id)
+                    now = clock()
+                    if now - reported[0] >= ACTIVITY_SECONDS:  # not on every message
+                        reported[0] = now
+                        self.on_activity(session_id)
                     if message.type == WSMsgType.TEXT:
                         await sink.send_str(message.data)
                     elif message.type == WSMsgType.BINARY:
