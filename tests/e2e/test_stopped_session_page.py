@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from binderless.backends.protocols import SessionRecord
+from binderless.backends.protocols import Route, SessionRecord
 from binderless.local import local_service
 from binderless.settings import Settings
 from tests.functional.inprocess import serve_in_thread
@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 browser = chromium.browser
 
 SESSION = "5e55104f00d5e55"
+RUNNING = "0ddba11c0ffee00"
 LAUNCH = "a" * 32
 
 
@@ -44,6 +45,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         status="running", created_at=1.0, last_activity=1.0))
     store.update_session(SESSION, status="stopped", stopped_at=2.0, stop_reason="idle")
     with serve_in_thread(service) as base:
+        # A running session, added once the server has started (which closes
+        # sessions it finds at start). Its server is never asked: the token check comes first.
+        store.add_session(SessionRecord(
+            session_id=RUNNING, launch_id=LAUNCH, owner="", repo_url="https://github.com/x/y",
+            resolved_ref="abc", image_key="k", home="", target="", token="t" * 64, backend_id="",
+            status="starting", created_at=1.0, last_activity=1.0))
+        service.routes.add(Route(session_id=RUNNING, target="http://127.0.0.1:9", token="t" * 64))
         yield base
 
 
@@ -88,3 +96,19 @@ def test_api_clients_keep_json(server: str) -> None:
     assert answer.status_code == 404
     assert answer.headers["content-type"].startswith("application/json")
     assert answer.json()["status_code"] == 404
+
+
+def test_a_running_session_without_its_token_shows_a_page(server: str, browser: Browser) -> None:
+    context = new_context(browser, PHONE, phone=True)
+    try:
+        page = context.new_page()
+        response = page.goto(f"{server}/user/{RUNNING}/lab")
+        assert response is not None and response.status == 403
+        assert page.get_by_role("heading", name="This address is missing its key").is_visible()
+        assert "?token=" in page.locator("main").inner_text()
+        assert page.get_by_role("link", name="Launch a repository").is_visible()
+        screenshot(page, "session-without-token-phone")
+    finally:
+        context.close()
+    api = httpx.get(f"{server}/user/{RUNNING}/api/kernels")
+    assert api.status_code == 403 and "token" in api.json()["message"]

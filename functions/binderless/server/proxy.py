@@ -39,6 +39,7 @@ from yarl import URL
 from ..backends.protocols import Route
 from ..identity import IDENTITY_COOKIE
 from .forward import Exchange, UpstreamError, UpstreamPool, request_head
+from .pages import message_page, wants_page
 from .session_tools import MAX_PAGE_BYTES, PREFIX, SessionTools, inject_banner, wants_banner
 
 __all__ = ["SessionProxy", "cookie_name", "tokens_match"]
@@ -225,12 +226,24 @@ class SessionProxy:
     async def handle(self, request: web.Request, session_id: str) -> web.StreamResponse:
         route = await self.routes.get(session_id)  # raises SessionNotFound
         if route.owner and (self.identify is None or self.identify(request) != route.owner):
+            if wants_page(request):
+                return message_page("This session belongs to someone else", [
+                    "It was launched by a signed-in person, and only they can open it. If it "
+                    "is yours, sign in as the person who launched it."],
+                    [("Sign in", f"/auth/login?next=/user/{session_id}/"), ("Home", "/")],
+                    status=403)
             return web.json_response(
                 {"message": "This session belongs to someone else. If it is yours, sign in "
                             "as the person who launched it."}, status=403)
         presented, session_cookie = _presented_token(request, session_id)
         authorised = bool(presented) and tokens_match(presented, route.token)
         if not authorised and request.method != "OPTIONS":
+            if wants_page(request):
+                return message_page("This address is missing its key", [
+                    "A session opens only with the key (the token) its launch gave out. "
+                    "Open the link the launch page took you to (it ends in ?token=...), or "
+                    "launch the repository again for a session of your own."],
+                    [("Launch a repository", "/")], status=403)
             return web.json_response(
                 {"message": "This session needs its token: open the link the launch page gave "
                             "you, or pass ?token=... ."},
