@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ..errors import LaunchFailed
 from ..settings import Settings
+from .process import process_exists
 from .protocols import ImageRef, LogSink, SessionHandle, SessionSpec
 from .uids import UidPool, chown_tree, kill_uid, other_session_runs, unreachable_part
 
@@ -348,7 +349,7 @@ class LocalSpawner:
                     break
                 except TimeoutError:
                     continue
-            elif not _exists(pid):
+            elif not process_exists(pid):
                 break
             await asyncio.sleep(0.1)
         else:
@@ -374,20 +375,6 @@ def _read_from(path: Path, offset: int) -> str:
             return handle.read(1 << 20).decode(errors="replace")
     except OSError:
         return ""
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state != "Z"
 
 
 def _signal_group(pid: int, sig: int) -> None:

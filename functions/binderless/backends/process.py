@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .protocols import LogSink
 
-__all__ = ["ProcessFailed", "stream_process"]
+__all__ = ["ProcessFailed", "process_exists", "stream_process"]
 
 
 class ProcessFailed(Exception):
@@ -73,3 +73,18 @@ async def stream_process(
 def _kill_group(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, 9)
+
+
+def process_exists(pid: int) -> bool:
+    """Whether process ``pid`` runs (another user's counts; a zombie does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"

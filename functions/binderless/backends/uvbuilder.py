@@ -32,7 +32,7 @@ from ..buildpacks import BUILDPACK_NAMES, detect_buildpack
 from ..envplan import EnvironmentPlan, plan_environment
 from ..errors import BuildFailed, UnsupportedRepository
 from ..settings import Settings
-from .process import ProcessFailed, stream_process
+from .process import ProcessFailed, process_exists, stream_process
 from .protocols import ImageRef, LogSink
 from .pythons import default_python, find_python
 from .uids import UidPool, chown_tree, kill_uid, unreachable_part
@@ -93,7 +93,7 @@ class UvBuilder:
                 continue
             key, _, rest = entry.name[len(".build-"):].partition("-")
             pid = rest.partition("-")[0]
-            if pid.isdigit() and int(pid) != os.getpid() and _running(int(pid)):
+            if pid.isdigit() and int(pid) != os.getpid() and process_exists(int(pid)):
                 building.add(key)
             else:
                 leftovers.append(entry)
@@ -348,13 +348,6 @@ def _culprit(tail: list[str], files: list[str], work: Path) -> tuple[str, int, s
                 return name, number, text.strip()
     return "", 0, ""
 
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
