@@ -15,6 +15,7 @@ from typing import Any
 from .backends.protocols import SessionRecord
 from .errors import ProjectNotFound
 from .identity import Identity
+from .redirects import session_url
 from .service import LaunchService
 from .workspaces import Project, Workspaces
 
@@ -64,7 +65,9 @@ class ProjectService:
                 "updates": bool(project.latest_ref and project.latest_ref != project.seeded_ref)}
         if live:
             newest = live[0]
-            item["open_url"] = f"/user/{newest.session_id}/lab?token={newest.token}"
+            # Inside the session only (``redirects.session_url``), where its link opened.
+            item["open_url"] = session_url(f"/user/{newest.session_id}/",
+                                           project.open_path or "lab", newest.token)
         return item
 
     async def _size(self, project: Project) -> int:

@@ -88,6 +88,9 @@ class LaunchRequest:
     client_ip: str = ""
     build_only: bool = False
     owner: str = ""
+    #: The path inside the session the launch page opens (its urlpath); a signed-in
+    #: person's project remembers it for its Open button.
+    open_path: str = ""
 
 
 def record_launch(store: Store, request: LaunchRequest, *, now: float, driver: str = "",
@@ -396,6 +399,7 @@ class LaunchService:
         opened = await asyncio.to_thread(
             self.workspaces.open, request.owner, repo_url=repo.repo_url,
             resolved_ref=repo.resolved_ref, launch_path=f"v2/{request.provider}/{request.spec}",
+            open_path=request.open_path,
             checkout=checkout)
         for line in opened.messages():
             self.emit(launch_id, Phase.LAUNCHING, line)

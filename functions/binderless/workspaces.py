@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from .errors import ProjectNotFound, QuotaExceeded
 from .identity import valid_user_id
@@ -111,10 +111,15 @@ class Project:
     latest_ref: str
     created_at: float
     last_used: float
+    #: The path inside a session its last launch opened (``lab/tree/x.ipynb``), or "".
+    open_path: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "repo_url": self.repo_url,
-                "launch_url": "/" + self.launch_path, "seeded_ref": self.seeded_ref,
+        launch_url = "/" + self.launch_path
+        if self.open_path:
+            launch_url += "?urlpath=" + quote(self.open_path, safe="/")
+        return {"name": self.name, "repo_url": self.repo_url, "open_path": self.open_path,
+                "launch_url": launch_url, "seeded_ref": self.seeded_ref,
                 "latest_ref": self.latest_ref, "created_at": self.created_at,
                 "last_used": self.last_used}
 
@@ -240,7 +245,8 @@ class Workspaces:
             seeded_ref=str(data.get("seeded_ref", "")),
             latest_ref=str(data.get("latest_ref") or data.get("seeded_ref", "")),
             created_at=float(data.get("created_at", 0.0)),
-            last_used=float(data.get("last_used", 0.0)))
+            last_used=float(data.get("last_used", 0.0)),
+            open_path=str(data.get("open_path", "")))
 
     # ----- queries -----------------------------------------------------------------------
 
@@ -279,7 +285,7 @@ class Workspaces:
     # ----- changes -----------------------------------------------------------------------
 
     def open(self, user_id: str, *, repo_url: str, resolved_ref: str, launch_path: str,
-             checkout: Path) -> Opened:
+             checkout: Path, open_path: str = "") -> Opened:
         """The user's project of ``repo_url``, created from ``checkout`` if it is new.
 
         An existing project's files are never touched; its record notes the newer commit
@@ -297,6 +303,8 @@ class Workspaces:
             if resolved_ref and resolved_ref != project.seeded_ref:
                 changes = self._changes(project, data.get("files") or {}, checkout, resolved_ref)
             data.update(last_used=now, latest_ref=resolved_ref or project.latest_ref)
+            if open_path:
+                data["open_path"] = open_path
             self._write_record(user_id, data)
             return Opened(self._project(user_id, data), seeded=False, changes=changes)
         else:
@@ -304,7 +312,7 @@ class Workspaces:
                     "created_at": now}
         files = manifest(checkout)
         data.update(launch_path=launch_path, seeded_ref=resolved_ref, latest_ref=resolved_ref,
-                    last_used=now, files=files)
+                    last_used=now, files=files, open_path=open_path)
         # The record first: a crash before the folder exists leaves a record the next
         # launch seeds again; a folder without a record would be a stranger in the home.
         self._write_record(user_id, data)

@@ -127,7 +127,7 @@ def test_signed_in_files_survive_culling_and_stay_private(browser: Browser, serv
     page.locator("#projects-empty").wait_for(state="visible")
 
     # Launch: the project folder is seeded, the server opens in it, the banner counts down.
-    session_id, token = open_session(page, server, link)
+    session_id, token = open_session(page, server, link + "?urlpath=lab/tree/index.ipynb")
     banner = page.locator("#binderless-banner")
     banner.wait_for(state="visible", timeout=LAB_TIMEOUT_MS)
     assert re.search(r"stops in \d+:\d\d if it stays idle", banner.inner_text())
@@ -170,11 +170,13 @@ def test_signed_in_files_survive_culling_and_stay_private(browser: Browser, serv
     assert home_file.read_text() == "kept across sessions"
     screenshot(page, "workspaces-projects")
 
-    # Relaunch the same link (the projects page's Open is that link): the file is there.
+    # Relaunch the same link (the projects page's Open is that link, with the path it
+    # opened): the file is there, and the notebook opens again.
     reopen = row.get_by_role("link", name=f"Open {PROJECT}")
-    assert reopen.get_attribute("href") == link
+    assert reopen.get_attribute("href") == link + "?urlpath=lab/tree/index.ipynb"
     reopen.click()
     new_session, new_token = reach_session(page)
+    assert "/lab/tree/index.ipynb" in page.url  # (JupyterLab drops ?token once loaded)
     assert new_session != session_id
     page.locator(".jp-DirListing-item", has_text="mine.txt").first.wait_for(
         timeout=LAB_TIMEOUT_MS)

@@ -210,7 +210,8 @@ def test_projects_api_shows_and_touches_only_your_own(tmp_path: Path, provider: 
                for name, c in (("alice", alice), ("bob", bob))}
         for user in ids.values():
             service.workspaces.open(user, repo_url=REPO, resolved_ref="a" * 40,
-                                    launch_path="v2/gh/org/analysis/HEAD", checkout=source)
+                                    launch_path="v2/gh/org/analysis/HEAD", checkout=source,
+                                    open_path="doc/tree/notes.md")
         session_id, token = add_session(service, ids["alice"], jupyter)
 
         listing = alice.get(base + "/api/projects").json()
@@ -218,8 +219,9 @@ def test_projects_api_shows_and_touches_only_your_own(tmp_path: Path, provider: 
         [project] = listing["projects"]
         assert project["name"] == "analysis" and project["repo_url"] == REPO
         assert project["state"] == "running" and project["size"] == 5
-        assert project["launch_url"] == "/v2/gh/org/analysis/HEAD"
-        assert project["open_url"] == f"/user/{session_id}/lab?token={token}"
+        # Open goes where the link that made the project opened (its labpath), running or not.
+        assert project["launch_url"] == "/v2/gh/org/analysis/HEAD?urlpath=doc/tree/notes.md"
+        assert project["open_url"] == f"/user/{session_id}/doc/tree/notes.md?token={token}"
         assert "open_url" not in bob.get(base + "/api/projects").json()["projects"][0]
 
         assert httpx.get(base + "/api/projects").status_code == 401

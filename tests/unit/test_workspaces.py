@@ -143,3 +143,20 @@ def test_unreadable_records_are_skipped(spaces: Workspaces, tmp_path: Path) -> N
     folder = tmp_path / "homes" / "alice" / ".binderless" / "projects"
     (folder / "broken.json").write_text("{not json")
     assert [p.name for p in spaces.projects("alice")] == ["analysis"]
+
+
+def test_a_project_remembers_where_its_link_opened(spaces: Workspaces, tmp_path: Path) -> None:
+    source = checkout(tmp_path, "v1", {"index.ipynb": "{}"})
+    opened = spaces.open("alice", repo_url=REPO, resolved_ref="1" * 40,
+                         launch_path="v2/gh/org/analysis/HEAD", checkout=source,
+                         open_path="doc/tree/index.ipynb")
+    assert opened.project.to_json()["launch_url"] == \
+        "/v2/gh/org/analysis/HEAD?urlpath=doc/tree/index.ipynb"
+    # A later launch through a plain link keeps it; one with another path replaces it.
+    again = spaces.open("alice", repo_url=REPO, resolved_ref="1" * 40,
+                        launch_path="v2/gh/org/analysis/HEAD", checkout=source)
+    assert again.project.open_path == "doc/tree/index.ipynb"
+    other = spaces.open("alice", repo_url=REPO, resolved_ref="1" * 40,
+                        launch_path="v2/gh/org/analysis/HEAD", checkout=source,
+                        open_path="lab/tree/data")
+    assert other.project.to_json()["launch_url"].endswith("?urlpath=lab/tree/data")

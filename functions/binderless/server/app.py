@@ -57,6 +57,8 @@ SERVICE_KEY = web.AppKey("service", LaunchService)
 CORS = {"Access-Control-Allow-Origin": "*"}
 #: How long the gateway (AWS mode) keeps a session's route before reading it again.
 ROUTE_TTL_SECONDS = 5.0
+#: The longest path to open a launch remembers for a signed-in person's project.
+MAX_OPEN_PATH = 1024
 #: Launch ids are uuid4 hex; anything else names no launch.
 LAUNCH_ID_RE = re.compile(r"[0-9a-f]{32}")
 POLICY_KEY = web.AppKey("origin_policy", OriginPolicy)
@@ -389,6 +391,7 @@ class BinderlessServer:
                     launch_host=self._launch_host(request),
                     client_ip=request.remote or "", build_only=build_only,
                     owner=self.accounts.owner(request),
+                    open_path=request.query.get("urlpath", "")[:MAX_OPEN_PATH],
                 ))
                 after = 0
             else:

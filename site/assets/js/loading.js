@@ -697,7 +697,12 @@ function connect() {
 
   // After a lost connection, resume the same launch where it stopped (a new EventSource
   // cannot send Last-Event-ID itself, so the id travels in the query).
-  const resume = state.lastEventId ? `?last_event_id=${encodeURIComponent(state.lastEventId)}` : "";
+  // The path it will open travels too: a signed-in person's project remembers it for its
+  // Open button (BinderHub ignores the parameter; thebe never sends it).
+  const query = new URLSearchParams();
+  if (state.lastEventId) query.set("last_event_id", state.lastEventId);
+  if (state.urlpath) query.set("urlpath", state.urlpath);
+  const resume = query.toString() ? `?${query}` : "";
   const source = new EventSource(`/build/${provider}/${spec}${resume}`);
   state.source = source;
   source.onmessage = (event) => {
