@@ -118,3 +118,20 @@ def test_the_dry_run_prints_and_keeps_the_estimate(dry_run: DryRun) -> None:
     assert kept.startswith("Estimated cost in us-east-1, NetworkLayout=public")
     assert "with NetworkLayout=private instead" in kept
     assert kept in dry_run.printed
+
+
+def test_the_readme_states_the_estimated_idle_bill(dry_run: DryRun) -> None:
+    """The README promises what the estimate computes: the idle bill of each layout to the
+    dollar, and that nothing has run on a real account yet."""
+    text = (ROOT / "README.md").read_text()
+    public, private = layouts(dry_run.service, "us-east-1")
+    stated = [float(n) for n in re.findall(r"about \$(\d+)", text)]
+    assert round(public.idle_month) in stated and round(private.idle_month) in stated, stated
+    assert "Nothing has run on a real AWS account yet" in text
+
+
+def test_the_docs_give_the_quiet_mkdocs_commands() -> None:
+    """mkdocs-material prints a large banner unless NO_MKDOCS_2_WARNING is set."""
+    text = (ROOT / "docs" / "development.md").read_text()
+    section = text.split("## Working on the docs", 1)[1]
+    assert "export NO_MKDOCS_2_WARNING=1" in section.split(".venv/bin/mkdocs serve")[0]
