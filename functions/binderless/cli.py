@@ -43,11 +43,14 @@ def _serve_parser(sub: Any) -> None:
                    help="where environments, sessions and the database live (default .state)")
     p.add_argument("--public-url", help="the URL people reach this server at, when it is "
                    "behind a proxy (default: taken from each request)")
-    p.add_argument("--builder", choices=["uv", "docker"],
-                   help="uv (default, no Docker needed) or docker (runs repo2docker; "
-                   "needs --spawner docker)")
+    p.add_argument("--builder", choices=["auto", "uv", "docker"],
+                   help="auto (default: uv, and repo2docker on a Docker engine, when one "
+                   "answers, for what uv cannot build: Dockerfile, R, Julia, apt.txt, "
+                   "conda-only packages, a Python not installed here), uv (never Docker) "
+                   "or docker (repo2docker for everything; needs --spawner docker)")
     p.add_argument("--spawner", choices=["local", "docker"],
-                   help="local (default: Jupyter processes) or docker (containers)")
+                   help="local (default: Jupyter processes; with --builder auto, images "
+                   "built with repo2docker run in containers) or docker (containers only)")
     p.add_argument("--allow-local-paths", choices=["yes", "no"],
                    help="launch local folders and file:// URLs (default yes; always no when "
                    "listening beyond 127.0.0.1 or with --public-url, since anyone reaching "

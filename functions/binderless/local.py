@@ -1,4 +1,4 @@
-"""Wire the local mode: SQLite state, local fetcher, uv (or Docker) builder and spawner."""
+"""Wire the local mode: SQLite state, local fetcher, uv and/or Docker builder and spawner."""
 
 from __future__ import annotations
 
@@ -90,19 +90,54 @@ def protect_state(settings: Settings, homes: Path) -> None:
                         folder, closed)
 
 
-def _builder(settings: Settings, uids: UidPool | None) -> Builder:
-    if settings.builder == "docker":
+def _engine_version(settings: Settings) -> str:
+    """For ``--builder auto`` (the default) with the local spawner: the version of the
+    Docker engine that answers now, or ``""``. Asked once, at startup, and only where an
+    engine may be (a machine without Docker starts no ``docker`` process)."""
+    if settings.mode != "local" or settings.builder != "auto" or settings.spawner == "docker":
+        return ""
+    from .backends.autobuilder import docker_engine_version, engine_may_answer
+
+    version = docker_engine_version() if engine_may_answer() else ""
+    if version:
+        log.info("--builder auto: Docker engine %s answers; repositories the uv builder "
+                 "cannot build are built with repo2docker and run in containers", version)
+    else:
+        log.info("--builder auto: no Docker engine answers; building with uv only")
+    return version
+
+
+def _builder(settings: Settings, uids: UidPool | None, engine: str) -> Builder:
+    """The builder ``settings.builder`` names. ``auto``: docker with the docker spawner
+    (everything in containers); else uv, with repo2docker besides when ``engine`` (its
+    version) answered at startup."""
+    if settings.builder == "docker" or (settings.builder == "auto"
+                                        and settings.spawner == "docker"):
         from .backends.docker import DockerBuilder
 
         return DockerBuilder(settings)
+    if settings.builder == "auto":
+        from .backends.autobuilder import AutoBuilder, EngineProbe, UvBuilderWithoutEngine
+        from .backends.docker import DockerBuilder
+
+        if not engine:
+            return UvBuilderWithoutEngine(settings, uids=uids)
+        return AutoBuilder(UvBuilder(settings, uids=uids), DockerBuilder(settings),
+                           EngineProbe(lambda: engine))
     return UvBuilder(settings, uids=uids)
 
 
-def _spawner(settings: Settings, uids: UidPool | None) -> Spawner:
+def _spawner(settings: Settings, uids: UidPool | None, engine: str) -> Spawner:
     if settings.spawner == "docker":
         from .backends.docker import DockerSpawner
 
         return DockerSpawner(settings)
+    if settings.builder == "auto" and engine:
+        from .backends.autobuilder import AutoSpawner
+        from .backends.docker import DockerSpawner
+
+        # Each environment runs where its builder made it (a uv folder, a docker image).
+        return AutoSpawner(LocalSpawner(settings, uids=uids), DockerSpawner(settings))
     return LocalSpawner(settings, uids=uids)
 
 
@@ -118,6 +153,7 @@ def local_service(settings: Settings, http_client: httpx.Client | None = None, *
     # One pool for builds and sessions: the same uid is never handed to both at once.
     uids = (UidPool(settings.state_dir / "uids.json", *settings.uid_range)
             if settings.uid_sessions else None)
+    engine = _engine_version(settings)
     providers = ProviderRegistry(
         settings, http_client or guarded_client(UrlGuard(enforce=settings.enforce_url_guard)))
     return LaunchService(
@@ -127,8 +163,8 @@ def local_service(settings: Settings, http_client: httpx.Client | None = None, *
         routes=SqliteRoutes(db),
         events=SqliteEventLog(db, clock=clock),
         fetcher=LocalFetcher(settings.state_dir / "repos", archives=providers.get),
-        builder=_builder(settings, uids),
-        spawner=_spawner(settings, uids),
+        builder=_builder(settings, uids, engine),
+        spawner=_spawner(settings, uids, engine),
         clock=clock,
         workspaces=Workspaces(homes, max_projects=settings.max_projects_per_user,
                               clock=clock),

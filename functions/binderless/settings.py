@@ -32,7 +32,9 @@ class Settings:
     public_url: str = ""
     #: The launch pages; empty means the site/ folder of this source checkout.
     site_dir: str = ""
-    builder: Literal["uv", "docker"] = "uv"
+    #: auto: the uv builder, and repo2docker on a Docker engine for what uv cannot build
+    #: (when an engine answers; see backends/autobuilder.py); with spawner docker: docker.
+    builder: Literal["uv", "docker", "auto"] = "auto"
     spawner: Literal["local", "docker"] = "local"
     # Sessions
     cull_idle_seconds: float = 600.0
@@ -204,13 +206,15 @@ class Settings:
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a readable message for a contradictory setting."""
-        choices = {"mode": ("local", "aws"), "builder": ("uv", "docker"),
+        choices = {"mode": ("local", "aws"), "builder": ("uv", "docker", "auto"),
                    "spawner": ("local", "docker"), "sign_in": ("auto", "local", "oidc", "off")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, "
                                  f"not {getattr(self, name)!r}")
-        if self.mode == "local" and (self.builder == "docker") != (self.spawner == "docker"):
+        # auto with the docker spawner builds everything with repo2docker (``local.py``).
+        if self.mode == "local" and self.builder != "auto" and (
+                (self.builder == "docker") != (self.spawner == "docker")):
             raise ValueError("--builder docker and --spawner docker go together: docker images "
                              "run in containers, uv environments run as local processes")
         for name in ("banned_specs", "allowed_specs", "high_quota_specs", "spec_quotas"):

@@ -53,8 +53,9 @@ BUILD_ENV = {"PATH", "LANG", "LANGUAGE", "TERM", "TZ", "SSL_CERT_FILE", "SSL_CER
 MARKER = ".binderless-complete"
 SUPPORTED_BUILDPACKS = {"PythonBuildPack", "PipfileBuildPack", "CondaBuildPack"}
 OTHER_BUILDER = (
-    "Start binderless with --builder docker (repo2docker, needs a Docker engine), "
-    "or launch it on a binderless deployed to AWS, which builds with repo2docker."
+    "Start binderless with --builder auto or docker where a Docker engine runs "
+    "(python3 dev.py engine starts one), or launch it on a binderless deployed to AWS, "
+    "which builds with repo2docker."
 )
 
 
