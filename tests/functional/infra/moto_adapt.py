@@ -41,6 +41,7 @@ MOTO_IGNORED_TYPES = {
     "AWS::SecretsManager::Secret": "not modelled (moto's Secrets Manager API is: a test may "
                                    "make the secret and pass it as provided)",
     "AWS::SNS::Subscription": "not modelled",
+    "AWS::WAFv2::WebACL": "not modelled (WebAcl=create only: absent from the default stack)",
 }
 #: Attributes moto does not give for types it creates.
 MOTO_MISSING_ATTRIBUTES = {

@@ -306,6 +306,110 @@ def exposed_load_balancers(template: Template) -> list[str]:
     return found
 
 
+
+def _distribution(rendered: Template) -> dict[str, Any]:
+    config: dict[str, Any] = rendered["Resources"]["Distribution"]["Properties"][
+        "DistributionConfig"]
+    return config
+
+
+def access_logs(rendered: Template) -> list[str]:
+    """(On a rendered template.) ``AccessLogs=off``: no log bucket, no logging. ``on``: the
+    distribution logs, without cookies, to a bucket of the stack that accepts CloudFront's
+    ACL grant (ACLs enabled) and expires its logs."""
+    resources = rendered["Resources"]
+    logging = _distribution(rendered).get("Logging")
+    if rendered["Parameters"].get("AccessLogs") != "on":
+        found = [f"access logs are off, yet the distribution logs to {logging}"] if logging \
+            else []
+        # Only a log bucket needs ACLs: every other bucket has them disabled.
+        return found + [f"access logs are off, yet {n} accepts ACLs" for n, r in
+                        resources.items() if r["Type"] == "AWS::S3::Bucket"
+                        and r["Properties"].get("OwnershipControls") != {
+                            "Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}]
+    if not logging:
+        return ["access logs are on, yet the distribution does not log"]
+    bucket = logging.get("Bucket")
+    target = bucket.get("Fn::GetAtt", [None, None]) if isinstance(bucket, dict) else [None, None]
+    if target[1] != "DomainName" or target[0] not in resources:
+        return [f"the distribution logs to {logging.get('Bucket')}, not to a bucket of the "
+                "stack (by its DomainName)"]
+    found = []
+    if logging.get("IncludeCookies") is not False:
+        found.append("the access log keeps cookies (sign-in sessions)")
+    props = resources[target[0]]["Properties"]
+    ownership = [r.get("ObjectOwnership") for r in props.get("OwnershipControls", {})
+                 .get("Rules", [])]
+    if ownership not in (["BucketOwnerPreferred"], ["ObjectWriter"]):
+        found.append(f"{target[0]}: ACLs disabled ({ownership}); CloudFront cannot deliver")
+    if not any(rule.get("Status") == "Enabled" and rule.get("ExpirationInDays")
+               for rule in props.get("LifecycleConfiguration", {}).get("Rules", [])):
+        found.append(f"{target[0]}: logs never expire")
+    return found
+
+
+#: What the rate rule must count: the paths that start a launch (docs/operators.md).
+LAUNCH_PATHS = ("/build/", "/api/launches")
+
+
+def _byte_matches(statement: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(statement, dict):
+        if "ByteMatchStatement" in statement:
+            yield statement["ByteMatchStatement"]
+        for value in statement.values():
+            yield from _byte_matches(value)
+    elif isinstance(statement, list):
+        for value in statement:
+            yield from _byte_matches(value)
+
+
+def launch_rate_limit(rendered: Template) -> list[str]:
+    """(On a rendered template.) ``WebAcl`` empty: no web ACL, none attached. ``create``: a
+    CLOUDFRONT-scope web ACL, attached to the distribution, with a rule that blocks an
+    address past ``LaunchRateLimit`` requests on the launch paths in 5 minutes (and counts
+    nothing else). An ARN: that one is attached, none is created."""
+    resources = rendered["Resources"]
+    chosen = rendered["Parameters"].get("WebAcl", "")
+    attached = _distribution(rendered).get("WebACLId")
+    acls = [n for n, r in resources.items() if r["Type"] == "AWS::WAFv2::WebACL"]
+    if chosen != "create":
+        found = [f"WebAcl={chosen!r}, yet {n} is created" for n in acls]
+        if attached != (chosen or None):
+            found.append(f"WebAcl={chosen!r}, yet the distribution has {attached}")
+        return found
+    if len(acls) != 1:
+        return [f"WebAcl=create made {len(acls)} web ACLs"]
+    [name] = acls
+    found = []
+    if attached != {"Fn::GetAtt": [name, "Arn"]}:
+        found.append(f"{name} is not attached to the distribution ({attached})")
+    props = resources[name]["Properties"]
+    if props.get("Scope") != "CLOUDFRONT":
+        found.append(f"{name}: scope {props.get('Scope')}, not CLOUDFRONT")
+    rates = [rule for rule in props.get("Rules", [])
+             if "RateBasedStatement" in rule.get("Statement", {})]
+    if not rates:
+        return [*found, f"{name}: no rate-based rule"]
+    for rule in rates:
+        where = f"{name}/{rule.get('Name')}"
+        rate = rule["Statement"]["RateBasedStatement"]
+        if "Block" not in rule.get("Action", {}):
+            found.append(f"{where}: does not block ({rule.get('Action')})")
+        if rate.get("AggregateKeyType") != "IP":
+            found.append(f"{where}: not per client address ({rate.get('AggregateKeyType')})")
+        if rate.get("Limit") != rendered["Parameters"].get("LaunchRateLimit"):
+            found.append(f"{where}: limit {rate.get('Limit')}, not LaunchRateLimit")
+        if rate.get("EvaluationWindowSec", 300) != 300:
+            found.append(f"{where}: a window of {rate['EvaluationWindowSec']} s, not 5 minutes")
+        scope = rate.get("ScopeDownStatement") or {}
+        paths = {m["SearchString"] for m in _byte_matches(scope)
+                 if "UriPath" in m.get("FieldToMatch", {})}
+        if paths != set(LAUNCH_PATHS) or "OrStatement" not in scope:
+            found.append(f"{where}: counts {sorted(paths) or 'every request'}, not either of "
+                         f"{list(LAUNCH_PATHS)}")
+    return found
+
+
 CHECKS = {
     "wildcard actions": wildcard_actions,
     "unscoped resources": unscoped_resources,
@@ -320,4 +424,6 @@ CHECKS = {
 RENDERED_CHECKS = {
     "unrouted compute": unrouted_compute,
     "compute exposed": compute_exposed,
+    "access logs": access_logs,
+    "launch rate limit": launch_rate_limit,
 }

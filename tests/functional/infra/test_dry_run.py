@@ -154,6 +154,11 @@ def test_a_dry_run_needs_an_output_folder() -> None:
     (["--param", "GitHubToken=ghp_secret"], "--param GitHubToken='ghp_secret' is not allowed: "
                                             "a reference"),
     (["--param", "SessionCpu"], "--param takes KEY=VALUE, not 'SessionCpu'"),
+    # A regional web ACL cannot guard CloudFront: only us-east-1's global ones can.
+    (["--param", "WebAcl=arn:aws:wafv2:eu-west-1:123456789012:regional/webacl/a/b"],
+     "--param WebAcl='arn:aws:wafv2:eu-west-1:123456789012:regional/webacl/a/b' is not "
+     "allowed: empty, create, or the ARN of a CLOUDFRONT-scope web ACL"),
+    (["--param", "LaunchRateLimit=5"], "--param LaunchRateLimit=5: the least is 10"),
     (["--stack", "Binder"], "'Binder' cannot name a binderless stack"),
 ])
 def test_bad_input_is_refused_before_anything_runs(argv: list[str], message: str,

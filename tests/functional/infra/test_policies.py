@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from binderless.deploy.estimate import render
+from binderless.deploy.estimate import PriceTable, estimate, render
 from tests.functional.infra.conftest import DryRun
 from tests.functional.infra.policies import CHECKS, RENDERED_CHECKS
 
@@ -250,3 +250,141 @@ def test_each_check_fails_on_a_broken_template(dry_run: DryRun, check: str,
     broken = copy.deepcopy(dry_run.service)
     breakage(broken)
     assert CHECKS[check](broken) != []
+
+
+# ----- abuse controls (AccessLogs, WebAcl): off by default, each check shown to bite ---------
+
+#: Both controls on, as an operator in us-east-1 would switch them on.
+ABUSE_ON = {"AccessLogs": "on", "WebAcl": "create", "LaunchRateLimit": "200"}
+#: A web ACL of the operator's own (created in us-east-1 outside this stack).
+OWN_ACL = "arn:aws:wafv2:us-east-1:123456789012:global/webacl/launches/0a1b2c3d"
+
+
+def test_abuse_controls_are_off_by_default_and_cost_nothing(dry_run: DryRun) -> None:
+    default = render(dry_run.service)
+    kinds = [r["Type"] for r in default["Resources"].values()]
+    assert "AWS::WAFv2::WebACL" not in kinds
+    assert "AccessLogBucket" not in default["Resources"]
+    config = default["Resources"]["Distribution"]["Properties"]["DistributionConfig"]
+    assert "Logging" not in config and "WebACLId" not in config
+    idle = estimate(dry_run.service, "us-east-1").idle
+    assert not [what for what, _ in idle if "WAF" in what or "AccessLog" in what]
+
+
+@pytest.mark.parametrize("given", [ABUSE_ON, {"WebAcl": OWN_ACL}], ids=["create", "own-acl"])
+def test_abuse_controls_switched_on_pass_every_check(dry_run: DryRun,
+                                                     given: dict[str, str]) -> None:
+    rendered = render(dry_run.service, given)
+    for name, check in {**CHECKS, **RENDERED_CHECKS}.items():
+        assert check(rendered) == [], name
+
+
+def test_the_web_acl_is_what_the_estimate_adds(dry_run: DryRun) -> None:
+    """Logs cost storage (per GB, not idle); a web ACL of the stack costs its monthly fee
+    and its rule's; the operator's own web ACL is billed where it was made."""
+    table = PriceTable.load("us-east-1")
+    default = estimate(dry_run.service, "us-east-1").idle_month
+    logged = estimate(dry_run.service, "us-east-1", {"AccessLogs": "on"}).idle_month
+    own = estimate(dry_run.service, "us-east-1", {"WebAcl": OWN_ACL}).idle_month
+    created = estimate(dry_run.service, "us-east-1", ABUSE_ON).idle_month
+    assert logged == pytest.approx(default) and own == pytest.approx(default)
+    assert created == pytest.approx(default + table["waf_web_acl_month"]
+                                    + table["waf_rule_month"])
+
+
+def distribution_config(t: Template) -> dict[str, Any]:
+    return t["Resources"]["Distribution"]["Properties"]["DistributionConfig"]  # type: ignore[no-any-return]
+
+
+def rate_rule(t: Template) -> dict[str, Any]:
+    return t["Resources"]["LaunchWebAcl"]["Properties"]["Rules"][0]  # type: ignore[no-any-return]
+
+
+def logs_without_being_asked(t: Template) -> None:
+    distribution_config(t)["Logging"] = {"Bucket": "elsewhere.s3.amazonaws.com"}
+
+
+def web_acl_without_being_asked(t: Template) -> None:
+    distribution_config(t)["WebACLId"] = OWN_ACL
+
+
+def logs_not_written(t: Template) -> None:
+    del distribution_config(t)["Logging"]
+
+
+def logs_to_a_foreign_bucket(t: Template) -> None:
+    distribution_config(t)["Logging"]["Bucket"] = "elsewhere.s3.amazonaws.com"
+
+
+def logs_with_cookies(t: Template) -> None:
+    distribution_config(t)["Logging"]["IncludeCookies"] = True
+
+
+def log_bucket_without_acls(t: Template) -> None:
+    t["Resources"]["AccessLogBucket"]["Properties"]["OwnershipControls"] = {
+        "Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
+
+
+def logs_kept_forever(t: Template) -> None:
+    del t["Resources"]["AccessLogBucket"]["Properties"]["LifecycleConfiguration"]
+
+
+def web_acl_not_attached(t: Template) -> None:
+    del distribution_config(t)["WebACLId"]
+
+
+def web_acl_of_the_region(t: Template) -> None:
+    t["Resources"]["LaunchWebAcl"]["Properties"]["Scope"] = "REGIONAL"
+
+
+def rate_rule_only_counts(t: Template) -> None:
+    rate_rule(t)["Action"] = {"Count": {}}
+
+
+def rate_rule_for_everyone_at_once(t: Template) -> None:
+    rate_rule(t)["Statement"]["RateBasedStatement"]["AggregateKeyType"] = "CONSTANT"
+
+
+def rate_rule_ignores_the_parameter(t: Template) -> None:
+    rate_rule(t)["Statement"]["RateBasedStatement"]["Limit"] = 2000
+
+
+def rate_rule_counts_every_request(t: Template) -> None:
+    del rate_rule(t)["Statement"]["RateBasedStatement"]["ScopeDownStatement"]
+
+
+def rate_rule_forgets_the_rest_api(t: Template) -> None:
+    rate = rate_rule(t)["Statement"]["RateBasedStatement"]
+    rate["ScopeDownStatement"] = rate["ScopeDownStatement"]["OrStatement"]["Statements"][0]
+
+
+ABUSE_BREAKAGES: list[tuple[dict[str, str], str, Callable[[Template], None]]] = [
+    ({}, "access logs", logs_without_being_asked),
+    ({}, "launch rate limit", web_acl_without_being_asked),
+    ({"WebAcl": OWN_ACL}, "launch rate limit", web_acl_not_attached),
+    (ABUSE_ON, "access logs", logs_not_written),
+    (ABUSE_ON, "access logs", logs_to_a_foreign_bucket),
+    (ABUSE_ON, "access logs", logs_with_cookies),
+    (ABUSE_ON, "access logs", log_bucket_without_acls),
+    (ABUSE_ON, "access logs", logs_kept_forever),
+    (ABUSE_ON, "launch rate limit", web_acl_not_attached),
+    (ABUSE_ON, "launch rate limit", web_acl_of_the_region),
+    (ABUSE_ON, "launch rate limit", rate_rule_only_counts),
+    (ABUSE_ON, "launch rate limit", rate_rule_for_everyone_at_once),
+    (ABUSE_ON, "launch rate limit", rate_rule_ignores_the_parameter),
+    (ABUSE_ON, "launch rate limit", rate_rule_counts_every_request),
+    (ABUSE_ON, "launch rate limit", rate_rule_forgets_the_rest_api),
+]
+
+
+@pytest.mark.parametrize(("given", "check", "breakage"), ABUSE_BREAKAGES,
+                         ids=[f"{b.__name__}-{p.get('WebAcl', 'off')[:6]}"
+                              for p, _, b in ABUSE_BREAKAGES])
+def test_each_abuse_check_fails_on_a_broken_template(
+        dry_run: DryRun, given: dict[str, str], check: str,
+        breakage: Callable[[Template], None]) -> None:
+    rendered = render(dry_run.service, given)
+    assert RENDERED_CHECKS[check](rendered) == []
+    broken = copy.deepcopy(rendered)
+    breakage(broken)
+    assert RENDERED_CHECKS[check](broken) != []
