@@ -32,6 +32,6 @@ def test_proxy_benchmark_compares_with_configurable_http_proxy() -> None:
     for name in ("direct", "chp", "binderless"):
         assert re.search(rf"^ *{name} http c=128 +[0-9]+ req/s", result.stdout, re.MULTILINE), \
             result.stdout
-    assert re.search(r"^ratio requests/s at c>=32 \(target >= 1.0\): [0-9.]+$", result.stdout,
+    assert re.search(r"^ *ratio requests/s at c>=32 \(target >= 1.0\): [0-9.]+$", result.stdout,
                      re.MULTILINE), result.stdout
     assert re.search(r"binderless held 50/50 \(errors 0, lost 0\)", result.stdout), result.stdout
