@@ -76,6 +76,7 @@ def test_serve_demo_launches_the_bundled_example(tmp_path: Path) -> None:
         assert "JupyterLab" in page.text
     finally:
         stop_server(server)
+    assert "Stopping binderless and its sessions..." in server.output()
 
 
 def test_stream_keeps_alive_and_lingers_after_the_end(tmp_path: Path) -> None:

@@ -44,6 +44,9 @@ def test_build_stream_follows_the_binderhub_protocol(live_server: LiveServer,
     # The protocol's phase, in words true locally: uv builds no image.
     assert built["message"] == "Built the environment, launching...\n"
     assert built["imageName"]
+    # Visitors read the log: the server's process and port are for its operator's log only.
+    assert "Starting Jupyter...\n" in stream.text()
+    assert "(process " not in stream.text() and " on port " not in stream.text()
 
     ready = stream.final
     assert ready["url"].startswith(live_server.base + "/user/") and ready["url"].endswith("/")
