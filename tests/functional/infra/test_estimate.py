@@ -135,3 +135,13 @@ def test_the_docs_give_the_quiet_mkdocs_commands() -> None:
     text = (ROOT / "docs" / "development.md").read_text()
     section = text.split("## Working on the docs", 1)[1]
     assert "export NO_MKDOCS_2_WARNING=1" in section.split(".venv/bin/mkdocs serve")[0]
+
+
+
+def test_deploy_help_says_what_idles_and_what_is_unverified(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["deploy", "--help"])
+    flat = " ".join(capsys.readouterr().out.split())
+    assert "What idles" in flat and "--estimate" in flat
+    assert "not yet run on a real AWS account" in flat
