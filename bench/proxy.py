@@ -474,7 +474,8 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,32,128")
     parser.add_argument("--targets", default="direct,chp,binderless",
                         help="what to measure, in order; binderless-aiohttp is binderless "
-                             "with aiohttp's client instead of the lean forwarder")
+                             "with aiohttp's client instead of the lean forwarder and "
+                             "without the fast path")
     parser.add_argument("--skip-websockets", action="store_true")
     parser.add_argument("--rounds", type=int, default=5,
                         help="each HTTP figure is measured in this many rounds, the "

@@ -293,3 +293,22 @@ def test_idle_connections_closed_by_their_server_leave_the_pool() -> None:
     # Connection: close is not announced: the server just closes, a little later.
     run(lambda *_: (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", True), scenario,
         close_delay=0.2)
+
+
+def test_bytes_arriving_while_a_connection_is_idle_never_reach_the_next_request() -> None:
+    """An upstream that sends bytes after a complete answer (a body after its answer to
+    HEAD, an answer to nothing) leaves them on the kept-alive connection once it is back in
+    the pool: the next request must get a fresh connection and its own answer, never the
+    leftover bytes read as one."""
+    async def scenario(pool: UpstreamPool, upstream: Upstream) -> None:
+        exchange, data = await get(pool, upstream)
+        assert (exchange.status, data) == (200, b"hello")
+        upstream.writers[0].write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!")
+        await upstream.writers[0].drain()
+        await asyncio.sleep(0.05)  # the late bytes reach the idle connection
+        exchange, data = await get(pool, upstream)
+        assert (exchange.status, data) == (200, b"hello")
+        assert pool.opened == 2
+
+    upstream = run(ok(), scenario)
+    assert len(upstream.requests) == 2

@@ -431,7 +431,8 @@ def test_the_sign_in_cookie_never_reaches_a_session_whatever_the_header_case(
     for name in ("Cookie", "cookie", "COOKIE"):
         request = (f"GET /user/{session_id}/headers?token={token} HTTP/1.1\r\n"
                    f"Host: 127.0.0.1:{port}\r\n{name}: binderless-user=signed-secret; kept=1\r\n"
-                   "x-forwarded-for: 203.0.113.9\r\nConnection: close\r\n\r\n")
+                   "x-forwarded-for: 203.0.113.9\r\nForwarded: for=203.0.113.10\r\n"
+                   "X-Real-IP: 203.0.113.11\r\nConnection: close\r\n\r\n")
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             sock.sendall(request.encode())
             answer = b""
@@ -441,6 +442,8 @@ def test_the_sign_in_cookie_never_reaches_a_session_whatever_the_header_case(
         assert b"signed-secret" not in answer, name
         assert b"kept=1" in answer  # the session's own cookies still pass
         assert b"203.0.113.9" not in answer  # nor a forged X-Forwarded-For
+        assert b"203.0.113.10" not in answer  # nor Forwarded
+        assert b"203.0.113.11" not in answer  # nor X-Real-IP
 
 
 def test_the_connection_cap_leaves_room_for_the_rest_of_the_process() -> None:

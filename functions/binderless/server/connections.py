@@ -17,6 +17,10 @@ module accepts connections itself:
   the idle timeout, which aiohttp starts when the previous response ends);
 * running out of descriptors sheds idle connections and pauses accepting briefly, with
   one log line a minute, never a traceback per attempt.
+
+Each connection starts on the session proxy's fast path (``fastpath.py``) when the
+application has one: plain requests to sessions are served there, and the connection is
+handed to aiohttp's ``RequestHandler`` for anything else.
 """
 
 from __future__ import annotations
@@ -24,18 +28,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import resource
 import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from ..settings import Settings
+from .fastpath import FAST_PATH_KEY, FastConnection
 
 __all__ = ["ConnectionGuard", "Listener", "QuietExceptionHandler", "connection_cap",
            "raise_open_files_limit", "start_listener"]
@@ -102,6 +108,16 @@ class QuietExceptionHandler:
                 {**context, "message": str(context.get("message", "")) + note})
 
 
+class Tracked(Protocol):
+    """What the guard needs of a connection's protocol (aiohttp's ``RequestHandler``, or a
+    ``FastConnection``): its transport (``None`` once closed) and a way to close it."""
+
+    @property
+    def transport(self) -> asyncio.BaseTransport | None: ...
+
+    def force_close(self) -> None: ...
+
+
 @dataclass
 class _Connection:
     accepted: float
@@ -114,17 +130,20 @@ class _Connection:
 class ConnectionGuard:
     """Tracks the server's client connections (see the module's docstring).
 
-    ``factory`` makes the aiohttp protocol of one connection (``runner.server``);
-    ``middleware`` must be in the application, so the guard knows which connections
-    are in the middle of a request."""
+    ``factory`` makes the protocol of one connection (``runner.server``, or a
+    ``FastConnection``); ``middleware`` must be in the application, so the guard knows
+    which connections are in the middle of a request (a ``FastConnection`` reports its
+    own requests: ``started``, ``finished``)."""
 
-    def __init__(self, factory: Callable[[], RequestHandler], *, max_connections: int,
+    def __init__(self, factory: Callable[[], Tracked], *, max_connections: int,
                  header_timeout: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.factory = factory
         self.max_connections = max_connections
         self.header_timeout = header_timeout
         self.clock = clock
-        self._open: dict[RequestHandler, _Connection] = {}
+        self._open: dict[Tracked, _Connection] = {}
+        #: aiohttp's protocols of fast connections handed over, to their state.
+        self._aliases: dict[RequestHandler, _Connection] = {}
         self._freed = asyncio.Event()
         self._accepted = 0
         #: Connections closed to make room (at the cap, or out of descriptors).
@@ -134,7 +153,7 @@ class ConnectionGuard:
         self._prune()
         return len(self._open)
 
-    def protocol(self) -> RequestHandler:
+    def protocol(self) -> Tracked:
         """A new connection's protocol, tracked from now on."""
         handler = self.factory()
         now = self.clock()
@@ -146,7 +165,7 @@ class ConnectionGuard:
                                               handler)
         return handler
 
-    def _head_deadline(self, handler: RequestHandler) -> None:
+    def _head_deadline(self, handler: Tracked) -> None:
         state = self._open.get(handler)
         if state is None:
             return
@@ -156,19 +175,48 @@ class ConnectionGuard:
             handler.force_close()  # no complete request head in time
             self._forget(handler)
 
-    def _forget(self, handler: RequestHandler) -> None:
+    def _forget(self, handler: Tracked) -> None:
         if self._open.pop(handler, None) is not None:
             self._freed.set()
 
     def _prune(self) -> None:
         for handler in [h for h in self._open if h.transport is None]:
             self._forget(handler)
+        for alias in [h for h in self._aliases if h.transport is None]:
+            del self._aliases[alias]
+
+    # ----- reported by a FastConnection ---------------------------------------------------
+
+    def started(self, conn: Tracked) -> _Connection | None:
+        """``conn`` began serving a request (its head is complete)."""
+        state = self._open.get(conn)
+        if state is not None:
+            state.started = True
+            state.active += 1
+        return state
+
+    def finished(self, state: _Connection) -> None:
+        state.active -= 1
+        state.idle_since = self.clock()
+
+    def handed_over(self, conn: Tracked, handler: RequestHandler) -> None:
+        """``conn``'s requests are ``handler``'s from now on (seen by ``middleware``)."""
+        state = self._open.get(conn)
+        if state is not None:
+            self._aliases[handler] = state
+
+    def closed(self, conn: Tracked) -> None:
+        self._forget(conn)
+
+    def fast_connections(self) -> list[FastConnection]:
+        """Open connections still on the fast path."""
+        return [c for c in self._open if isinstance(c, FastConnection) and c.handler is None]
 
     @web.middleware
     async def middleware(self, request: web.Request,
                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
                          ) -> web.StreamResponse:
-        state = self._open.get(request.protocol)
+        state = self._open.get(request.protocol) or self._aliases.get(request.protocol)
         if state is None:
             return await handler(request)
         state.started = True
@@ -233,7 +281,7 @@ class Listener:
                 await asyncio.sleep(ACCEPT_RETRY_SECONDS)
                 continue
             try:
-                await loop.connect_accepted_socket(self.guard.protocol, conn)
+                await loop.connect_accepted_socket(self.guard.protocol, conn)  # type: ignore[type-var]
             except OSError:
                 conn.close()
 
@@ -253,6 +301,8 @@ class Listener:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for sock in self.sockets:
             sock.close()
+        for conn in self.guard.fast_connections():
+            conn.force_close()  # aiohttp's cleanup closes the rest
         await self.runner.cleanup()
 
 
@@ -292,9 +342,16 @@ async def start_listener(app: web.Application, settings: Settings, *,
     loop.set_exception_handler(QuietExceptionHandler())
     cap = connection_cap(settings.max_connections, raise_open_files_limit())
 
-    def protocol() -> RequestHandler:
+    def handler() -> RequestHandler:
         assert runner.server is not None
         return runner.server()
+
+    fast = app.get(FAST_PATH_KEY)
+
+    def protocol() -> Tracked:
+        if fast is None or not fast.enabled:
+            return handler()
+        return FastConnection(fast, handler, guard, settings.idle_connection_seconds)
 
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0,
                            keepalive_timeout=settings.idle_connection_seconds)
@@ -307,5 +364,8 @@ async def start_listener(app: web.Application, settings: Settings, *,
     except OSError:
         await runner.cleanup()
         raise
+    # What start-up allocated (modules, the application, settings) lives as long as the
+    # process: the collector need not walk it again on every full collection.
+    gc.freeze()
     log.debug("accepting up to %d client connections", cap)
     return Listener(runner, guard, sockets)

@@ -168,7 +168,9 @@ class UpstreamPool:
         now = time.monotonic()
         while idle:
             conn = idle.pop()  # the most recently used: the least likely to be closed
-            if not conn.closed and now - conn.idle_since < self.idle_seconds:
+            # Bytes that arrived while it sat idle (a body after a HEAD answer, an answer
+            # to nothing) would be read as the next request's answer: never reuse it.
+            if not conn.closed and not conn.unread and now - conn.idle_since < self.idle_seconds:
                 conn.reused = True
                 return conn
             conn.close()

@@ -17,7 +17,8 @@ survive proxies that cut silent connections (CloudFront: 10 minutes).
 
 Plain requests go through the lean forwarder of ``forward.py`` (about half the CPU of
 aiohttp's client per request); pages that get the banner and WebSockets go through
-aiohttp's client. The module is one room because every path shares the checks above
+aiohttp's client. Most plain ``GET``s never reach ``handle``: the listener serves them on
+the fast path (``fastpath.py``), which makes the same checks and hands over any doubt. The module is one room because every path shares the checks above
 (token, owner, cookies, forwarded headers, limits); the wire protocol lives in
 ``forward.py``.
 """
@@ -42,7 +43,7 @@ from .forward import Exchange, UpstreamError, UpstreamPool, request_head
 from .pages import message_page, wants_page
 from .session_tools import MAX_PAGE_BYTES, PREFIX, SessionTools, inject_banner, wants_banner
 
-__all__ = ["SessionProxy", "cookie_name", "tokens_match"]
+__all__ = ["SessionProxy", "cookie_name", "cookie_value", "tokens_match"]
 
 log = logging.getLogger("binderless.proxy")
 
@@ -52,8 +53,10 @@ HOP_BY_HOP = {
 }
 
 
-#: Set by the proxy itself, never passed on from the client.
-FORWARDED = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+#: Set by the proxy itself (the first three) or by no one: never passed on from the client,
+#: so a session never reads a client address or scheme the visitor made up.
+FORWARDED = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded",
+             "x-real-ip", "x-forwarded-port", "x-forwarded-prefix", "x-forwarded-server"}
 
 #: What the lean forwarder never passes on from a client's request head: hop-by-hop
 #: headers, ours, and ``Expect`` (the server already answered ``100 Continue``).
@@ -85,6 +88,16 @@ def private_cookies_removed(header: str) -> str:
     return ";".join(kept).strip()
 
 
+def private_set_cookie(value: str) -> bool:
+    """Whether a ``Set-Cookie`` value would set a cookie that browsers send back as one of
+    binderless's (``binderless-...``). A name-less cookie counts by its value:
+    ``=binderless-user=x`` comes back as ``Cookie: binderless-user=x``."""
+    pair = value.split(";", 1)[0]
+    name, equals, rest = pair.partition("=")
+    sent = (name if name.strip(" \t") or not equals else rest).strip(" \t")
+    return sent.lower().startswith(PRIVATE_PREFIX)
+
+
 def tokens_match(presented: str, expected: str) -> bool:
     """Constant-time comparison that any presented value survives: ``compare_digest``
     raises ``TypeError`` on non-ASCII ``str`` (a hostile ``?token=``), so compare bytes."""
@@ -104,7 +117,7 @@ def _too_large(limit: int) -> web.Response:
     return response
 
 
-def _cookie(header: str, name: str) -> str:
+def cookie_value(header: str, name: str) -> str:
     """The value of cookie ``name`` in a ``Cookie`` header ("" if absent): the proxy's
     own cookie only, without parsing every cookie of the request as ``request.cookies``
     does on each proxied request."""
@@ -120,7 +133,7 @@ def _cookie(header: str, name: str) -> str:
 
 def _presented_token(request: web.Request, session_id: str) -> tuple[str, str]:
     """The token the request presents, and the value of its session cookie."""
-    cookie = _cookie(request.headers.get("Cookie", ""), cookie_name(session_id))
+    cookie = cookie_value(request.headers.get("Cookie", ""), cookie_name(session_id))
     query = request.query_string
     token = request.query.get("token", "") if "oken" in query or "%" in query else ""
     if token:
@@ -189,8 +202,11 @@ class SessionProxy:
                  identify: Callable[[web.Request], str] | None = None,
                  tools: SessionTools | None = None, route_ttl: float = 0.0,
                  lookup_in_thread: bool = True, max_upload_bytes: int = 512 * 1024 * 1024,
-                 ping_seconds: float = 30.0) -> None:
+                 ping_seconds: float = 30.0, check_owner: bool = True) -> None:
         """``identify(request)`` is the signed-in user id of the request ("" if none);
+        with ``check_owner`` false (sessions on an origin of their own, which never
+        receives the sign-in cookie) a signed-in person's session opens with its token
+        alone, like any other;
         routes are kept ``route_ttl`` seconds and looked up in a worker thread unless
         ``lookup_in_thread`` is false (see ``RouteCache``). Bodies larger than
         ``max_upload_bytes`` are refused; WebSockets are pinged every ``ping_seconds``."""
@@ -199,6 +215,7 @@ class SessionProxy:
         self.ping_seconds = ping_seconds
         self.on_activity = on_activity
         self.identify = identify
+        self.check_owner = check_owner
         self.tools = tools
         self._client: aiohttp.ClientSession | None = None
         self.upstreams = UpstreamPool()
@@ -225,7 +242,8 @@ class SessionProxy:
 
     async def handle(self, request: web.Request, session_id: str) -> web.StreamResponse:
         route = await self.routes.get(session_id)  # raises SessionNotFound
-        if route.owner and (self.identify is None or self.identify(request) != route.owner):
+        if route.owner and self.check_owner and (
+                self.identify is None or self.identify(request) != route.owner):
             if wants_page(request):
                 return message_page("This session belongs to someone else", [
                     "It was launched by a signed-in person, and only they can open it. If it "
@@ -261,13 +279,13 @@ class SessionProxy:
             upstream = URL(route.target + request.raw_path, encoded=True)
             return await self._websocket(request, upstream, session_id)
         banner = self.tools is not None and wants_banner(request, rest)
-        target = self._target(route.target)
+        target = self.target(route.target)
         if self.lean_forwarder and not banner and target is not None:
             return await self._forward(request, target, session_id, cookie)
         upstream = URL(route.target + request.raw_path, encoded=True)
         return await self._http(request, upstream, session_id, cookie, banner)
 
-    def _target(self, target: str) -> tuple[str, int, str] | None:
+    def target(self, target: str) -> tuple[str, int, str] | None:
         """Host, port and ``Host`` header of a plain ``http://host:port`` target (None:
         anything else, which aiohttp's client handles)."""
         try:
@@ -356,7 +374,7 @@ class SessionProxy:
             lower = name.lower()
             if lower in HOP_BY_HOP or lower in named:
                 continue
-            if lower == "set-cookie" and value.lstrip().startswith(PRIVATE_PREFIX):
+            if lower == "set-cookie" and private_set_cookie(value):
                 continue  # a session's server may not sign anyone in or out
             headers.add(name, value)
         length = exchange.length
@@ -462,7 +480,7 @@ class SessionProxy:
             for key, value in upstream_response.headers.items():
                 if key.lower() in HOP_BY_HOP:
                     continue
-                if key.lower() == "set-cookie" and value.lstrip().startswith(PRIVATE_PREFIX):
+                if key.lower() == "set-cookie" and private_set_cookie(value):
                     continue  # a session's server may not sign anyone in or out
                 response.headers.add(key, value)
             if cookie:
