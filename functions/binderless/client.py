@@ -67,7 +67,10 @@ def failure_summary(final: dict[str, Any], log: list[str]) -> str:
         core = re.sub(r"^(?:cause|error):\s*", "", line.strip())
         return not core.strip("^~ ") or any(core in told for told in said)
 
-    tail = [m.rstrip() for m in log[:-1] if m.strip() and not repeated(m)][-15:]
+    # One event may carry several lines (a builder logs its failure whole): judged a line
+    # at a time.
+    lines = [line for m in log[:-1] for line in m.splitlines()]
+    tail = [m.rstrip() for m in lines if m.strip() and not repeated(m)][-15:]
     text = ("Last lines of the log:\n" + "".join(f"  {m}\n" for m in tail)) if tail else ""
     first, *rest = said
     return text + f"[Failed] {first}\n" + "".join(f"  {line}\n" for line in rest)

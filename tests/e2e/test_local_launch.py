@@ -120,7 +120,7 @@ def test_environment_is_reused_across_launches_and_notebook_commits(
         ("bad-requirements", "failed while installing the packages"),
         ("failing-postbuild", "postBuild failed (exit code 3)"),
         ("r-repo", "which the local uv builder cannot build"),
-        ("runtime-missing", "Python 3.4, which is not installed"),
+        ("runtime-missing", "only when Python 3.4 is installed here, which it is not"),
         ("no-spec", "names no repository"),
     ],
 )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from binderless.buildpacks import detect_buildpack
+from binderless.buildpacks import detect_buildpacks
 from binderless.envplan import plan_environment
 from binderless.errors import BadLink
 
@@ -32,10 +32,16 @@ EXPECTED = {
 }
 
 
+@pytest.fixture(scope="module")
+def detected() -> dict[Path, str]:
+    """repo2docker's own choice for every fixture, from one child process."""
+    return detect_buildpacks([REPOS / name for name in sorted(EXPECTED)])
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_plan_agrees_with_repo2docker(name: str) -> None:
+def test_plan_agrees_with_repo2docker(name: str, detected: dict[Path, str]) -> None:
     buildpack, supported = EXPECTED[name]
-    assert detect_buildpack(REPOS / name) == buildpack
+    assert detected[REPOS / name] == buildpack
     plan = plan_environment(REPOS / name)
     assert (not plan.unsupported) is supported, plan.unsupported
 

@@ -36,7 +36,7 @@ from .process import process_exists
 from .protocols import ImageRef, LogSink, SessionHandle, SessionSpec
 from .uids import UidPool, chown_tree, kill_uid, other_session_runs, unreachable_part
 
-__all__ = ["LocalSpawner", "free_port", "jupyter_command"]
+__all__ = ["LocalSpawner", "free_port", "jupyter_command", "script_command"]
 
 log = logging.getLogger("binderless.localspawn")
 
@@ -144,8 +144,21 @@ def jupyter_command(spec: SessionSpec, env_dir: Path, port: int, *,
     if os.geteuid() == 0 if as_root is None else as_root:
         cmd.append("--allow-root")
     if spec.start_script:
-        cmd = [str(spec.home / spec.start_script), *cmd]
+        script = spec.home / spec.start_script
+        # A start without a #! line runs as a shell script, as postBuild does (a kernel
+        # would refuse to exec it); repo2docker's entrypoint fails on one.
+        cmd = [*script_command(script), *cmd]
     return cmd
+
+
+def script_command(script: Path) -> list[str]:
+    """How to run ``script``: itself, or through ``/bin/sh`` when it has no ``#!`` line."""
+    try:
+        with open(script, "rb") as handle:
+            shebang = handle.read(2) == b"#!"
+    except OSError:
+        shebang = True  # let the exec say what is wrong with it
+    return [str(script)] if shebang else ["/bin/sh", str(script)]
 
 
 class LocalSpawner:
@@ -194,8 +207,15 @@ class LocalSpawner:
         env.update(spec.environment)
         env.update({
             "HOME": str(spec.home),
+            # repo2docker's images: REPO_DIR is the repository's folder, and ~/.local/bin
+            # (where postBuild and pip --user put programs) comes first on PATH, then the
+            # notebook server's environment, then a kernel environment of its own.
+            "REPO_DIR": str(spec.home),
+            "PATH": os.pathsep.join([str(spec.home / ".local" / "bin"), str(env_dir / "bin"),
+                                     *([str(env_dir / "kernel" / "bin")]
+                                       if (env_dir / "kernel" / "bin").is_dir() else []),
+                                     os.environ.get("PATH", "")]),
             "VIRTUAL_ENV": str(env_dir),
-            "PATH": f"{env_dir / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
             "JUPYTER_TOKEN": spec.token,
             "BINDERLESS_SESSION_ID": spec.session_id,
             "PYTHONUNBUFFERED": "1",

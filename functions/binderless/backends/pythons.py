@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import UnsupportedRepository
 
-__all__ = ["default_python", "find_python"]
+__all__ = ["available_python", "default_python", "find_python"]
 
 
 def _version_of(path: str) -> str | None:
@@ -34,10 +34,11 @@ def default_python() -> str:
     return sys.executable
 
 
-def find_python(version: str) -> str:
+def find_python(version: str, source: str = "runtime.txt") -> str:
     """Path of a ``python<version>`` (``"3.10"``) found on PATH, under pyenv or in /usr.
 
-    Raises ``UnsupportedRepository`` naming the versions that are available.
+    Raises ``UnsupportedRepository`` naming ``source`` (the file that asked for the
+    version), the versions that are available and the builder that has every one.
     """
     if f"{sys.version_info[0]}.{sys.version_info[1]}" == version:
         return default_python()
@@ -53,13 +54,22 @@ def find_python(version: str) -> str:
         if Path(path).exists() and _version_of(path) == version:
             return path
     versions = {
-        v for p in glob.glob(f"{pyenv_root}/versions/3.*/bin/python3")
+        v for p in glob.glob(f"{pyenv_root}/versions/[23].*/bin/python")
         + glob.glob("/usr/bin/python3.*[0-9]") + glob.glob("/usr/local/bin/python3.*[0-9]")
         if (v := _version_of(p))
     } | {f"{sys.version_info[0]}.{sys.version_info[1]}"}
     available = sorted(versions, key=lambda v: tuple(int(x) for x in v.split(".")))
     raise UnsupportedRepository(
-        f"runtime.txt asks for Python {version}, which is not installed on this machine.",
-        hint=f"Python versions found here: {', '.join(available)}. Change runtime.txt "
-        "to one of them, or install that Python and launch again.",
+        f"{source} asks for Python {version}, which is not installed on this machine.",
+        hint=f"Python versions found here: {', '.join(available)}. repo2docker "
+        f"(--builder docker) builds any Python; or install Python {version} here "
+        f"(pyenv install {version}) and launch again.",
     )
+
+
+def available_python(version: str) -> str | None:
+    """Path of a ``python<version>`` found here, or ``None``."""
+    try:
+        return find_python(version)
+    except UnsupportedRepository:
+        return None

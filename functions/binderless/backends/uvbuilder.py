@@ -26,18 +26,19 @@ import shutil
 import stat
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from ..buildpacks import BUILDPACK_NAMES, detect_buildpack
-from ..envplan import EnvironmentPlan, plan_environment
-from ..errors import BuildFailed, UnsupportedRepository
+from ..buildpacks import BUILDPACK_NAMES
+from ..envplan import R2D_DEFAULT_PYTHON, EnvironmentPlan, plan_environment
+from ..errors import BinderlessError, BuildFailed, UnsupportedRepository
 from ..settings import Settings
 from .process import ProcessFailed, process_exists, stream_process
 from .protocols import ImageRef, LogSink
-from .pythons import default_python, find_python
+from .pythons import available_python, default_python, find_python
 from .uids import UidPool, chown_tree, kill_uid, unreachable_part
 
-__all__ = ["UvBuilder", "uv_binary"]
+__all__ = ["KERNEL_DIR", "UvBuilder", "post_build_command", "uv_binary"]
 
 log = logging.getLogger("binderless.uvbuilder")
 
@@ -51,6 +52,11 @@ BUILD_ENV = {"PATH", "LANG", "LANGUAGE", "TERM", "TZ", "SSL_CERT_FILE", "SSL_CER
              "https_proxy", "no_proxy"}
 
 MARKER = ".binderless-complete"
+#: Where a kernel environment of its own (a Python older than the notebook server's,
+#: repo2docker's ``KERNEL_PYTHON_PREFIX``) lives inside the environment folder.
+KERNEL_DIR = "kernel"
+#: The last virtualenv that creates Python 2 environments (uv does not).
+PY2_VIRTUALENV = "virtualenv<20.22"
 SUPPORTED_BUILDPACKS = {"PythonBuildPack", "PipfileBuildPack", "CondaBuildPack"}
 OTHER_BUILDER = (
     "Start binderless with --builder auto or docker where a Docker engine runs "
@@ -126,43 +132,133 @@ class UvBuilder:
             return None
         return self.image(plan.key)
 
-    def _python(self, plan: EnvironmentPlan) -> str:
-        """The interpreter to build on: with uid sessions, one every user can run."""
-        python = find_python(plan.python_version) if plan.python_version else default_python()
+    def _reachable(self, python: str, version: str) -> str | None:
+        """``python``, or another ``python<version>`` every user can run when sessions
+        have uids of their own; ``None`` when there is none."""
         if not self.settings.uid_sessions or unreachable_part(python) is None:
             return python
-        version = plan.python_version or f"{sys.version_info[0]}.{sys.version_info[1]}"
         for candidate in (shutil.which(f"python{version}") or "",
                           f"/usr/bin/python{version}", f"/usr/local/bin/python{version}"):
             if candidate and Path(candidate).exists() and unreachable_part(candidate) is None:
                 return candidate
-        raise BuildFailed(
+        return None
+
+    def _closed(self, python: str, version: str) -> BuildFailed:
+        return BuildFailed(
             f"Sessions run under user ids of their own, and cannot run Python {version} "
             f"from {python}: {unreachable_part(python)} is closed to other users.",
             hint=f"Install Python {version} where every user can run it (for example "
                  f"apt-get install python{version}), or open that folder (chmod o+x).")
 
+    def _server_python(self) -> tuple[str, str]:
+        """The notebook server's interpreter when the repository names no version:
+        repo2docker's default (``R2D_DEFAULT_PYTHON``) when this machine has it, else
+        the one binderless runs on (a documented difference). ``(path, version)``."""
+        found = available_python(R2D_DEFAULT_PYTHON)
+        if found is not None and self._reachable(found, R2D_DEFAULT_PYTHON) is not None:
+            return self._reachable(found, R2D_DEFAULT_PYTHON) or found, R2D_DEFAULT_PYTHON
+        version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+        python = default_python()
+        reachable = self._reachable(python, version)
+        if reachable is None:
+            raise self._closed(python, version)
+        return reachable, version
+
+    def _python(self, plan: EnvironmentPlan) -> str:
+        """The interpreter of the environment's own Python (the notebook server's; the
+        kernel's too unless it has an environment of its own, ``_kernel_python``)."""
+        if plan.python_version is None or plan.separate_kernel:
+            return self._server_python()[0]
+        python = find_python(plan.python_version, plan.python_source or "runtime.txt")
+        reachable = self._reachable(python, plan.python_version)
+        if reachable is None:
+            raise self._closed(python, plan.python_version)
+        return reachable
+
+    def _kernel_python(self, plan: EnvironmentPlan) -> str | None:
+        """The kernel's interpreter when it gets an environment of its own (repo2docker
+        does so for Pythons older than 3.7; here below 3.8, which JupyterLab 4 needs)."""
+        if not plan.separate_kernel or plan.python_version is None:
+            return None
+        version = plan.python_version
+        source = plan.python_source or "runtime.txt"
+        try:
+            python = find_python(version, source)
+        except UnsupportedRepository as exc:
+            raise UnsupportedRepository(
+                f"{source} asks for Python {version}, older than JupyterLab runs on; "
+                f"repo2docker gives such a kernel an environment of its own, and the uv "
+                f"builder does the same only when Python {version} is installed here, "
+                "which it is not.", hint=f"{exc.hint}\n{OTHER_BUILDER}") from exc
+        if tuple(int(x) for x in version.split(".")) < (3, 6) and version != "2.7":
+            raise UnsupportedRepository(
+                f"{source} asks for Python {version}, which the uv builder cannot "
+                "install packages for (it handles 2.7 and 3.6 or newer).",
+                hint=OTHER_BUILDER)
+        reachable = self._reachable(python, version)
+        if reachable is None:
+            raise self._closed(python, version)
+        return reachable
+
     def _env(self, env_dir: Path, home: Path) -> dict[str, str]:
-        env = dict(os.environ)
-        if self.uids is not None:
+        """The environment of every build step: ``home`` (the scratch copy of the
+        repository) is ``HOME`` and ``REPO_DIR``, as in repo2docker's images, where
+        ``~/.local/bin`` comes first on ``PATH`` (buildpacks/base.py), then the
+        notebook server's environment, then a kernel environment of its own."""
+        # uv wraps its messages at COLUMNS: unwrapped, a cause is one line to quote.
+        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+        if self.uids is None:
+            env["UV_CACHE_DIR"] = str(self.cache_dir)
+        else:
             env = {k: v for k, v in env.items()
                    if k in BUILD_ENV or k.startswith(("LC_", "UV_", "PIP_"))}
-            # The build's own cache: a shared one would let one build plant files in
-            # environments built after it. UV_LINK_MODE: no file shared with it either.
+            # The build's own cache, never the server's: a build runs the repository's
+            # code (setup.py, postBuild) as its uid, which could plant files in a shared
+            # cache for environments built after it; uv does not check what it finds
+            # there. A per-uid cache would not do either: sessions get the same uids.
+            # UV_LINK_MODE: no file of the environment shared with the cache.
             env.update({"UV_CACHE_DIR": str(home / ".cache" / "uv"), "UV_LINK_MODE": "copy"})
         env.update({
             "VIRTUAL_ENV": str(env_dir),
-            "PATH": f"{env_dir / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+            "PATH": os.pathsep.join([str(home / ".local" / "bin"), str(env_dir / "bin"),
+                                     str(env_dir / KERNEL_DIR / "bin"), env.get("PATH", "")]),
             "HOME": str(home),
+            "REPO_DIR": str(home),
             "UV_PYTHON_DOWNLOADS": "never",
             "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+            # repo2docker points npm's global prefix into the image (NPM_CONFIG_PREFIX,
+            # buildpacks/base.py), so `npm install --global` in a postBuild lands in the
+            # environment, whose bin/ is on the sessions' PATH, never in this machine's.
+            "NPM_CONFIG_PREFIX": str(env_dir),
         })
-        if self.settings.uv_cache_dir and self.uids is None:
-            env["UV_CACHE_DIR"] = self.settings.uv_cache_dir
         return env
 
+    @property
+    def cache_dir(self) -> Path:
+        """uv's cache for the builds of this server (``uv_cache_dir``, by default
+        ``<state>/cache/uv``): kept across builds, so an environment built again
+        downloads nothing it downloaded before. Builds under uids of their own keep a
+        cache of their own instead (``_env`` says why)."""
+        if self.settings.uv_cache_dir:
+            return Path(self.settings.uv_cache_dir).expanduser().absolute()
+        return self.settings.state_dir / "cache" / "uv"
+
+    async def prune_cache(self, *, everything: bool = False) -> None:
+        """Bound uv's cache: ``uv cache prune`` removes what no current uv version
+        reads; ``everything`` empties it (``uv cache clean``), which built environments
+        survive (they hold their own links or copies of its files). For the catalogue
+        to call once it has removed environments to stay within its budget."""
+        if self.uids is not None or not self.cache_dir.is_dir():
+            return
+        await stream_process([self.uv, "cache", "clean" if everything else "prune",
+                              "--cache-dir", str(self.cache_dir)],
+                             log=lambda _line: None, timeout=600)
+
     async def check_supported(self, plan: EnvironmentPlan, checkout: Path) -> str:
-        buildpack = await asyncio.to_thread(detect_buildpack, checkout)
+        # The plan chose the buildpack by repo2docker's own order and rules (the tests
+        # check it against repo2docker's detect() on every fixture and corpus case), so no
+        # child process importing repo2docker is needed on each build.
+        buildpack = plan.buildpack
         if buildpack not in SUPPORTED_BUILDPACKS or plan.unsupported:
             needs = ", ".join(plan.unsupported) or BUILDPACK_NAMES.get(buildpack, buildpack)
             raise UnsupportedRepository(
@@ -174,16 +270,37 @@ class UvBuilder:
         return buildpack
 
     async def build(self, plan: EnvironmentPlan, checkout: Path, log: LogSink) -> ImageRef:
+        """Build ``plan``'s environment from ``checkout``. Every failure ends as a
+        ``BinderlessError`` whose message says its cause, and in the log."""
+        try:
+            return await self._build(plan, checkout, log)
+        except BinderlessError as exc:
+            log(f"{exc.user_message()}\n")
+            raise
+        except Exception as exc:
+            # Not a step's exit code: the server could not do its own part (copying the
+            # checkout, starting a program). Say what, rather than "stopped unexpectedly".
+            log(f"The build stopped: {type(exc).__name__}: {exc}\n")
+            raise BuildFailed(f"The build stopped: {type(exc).__name__}: {exc}",
+                              hint="The server's log has the details.") from exc
+
+    async def _build(self, plan: EnvironmentPlan, checkout: Path, log: LogSink) -> ImageRef:
         buildpack = await self.check_supported(plan, checkout)
+        python = self._python(plan)
+        kernel_python = self._kernel_python(plan)
         log(f"Building with uv (repo2docker would use its {BUILDPACK_NAMES[buildpack]} "
             f"buildpack): {plan.describe()}\n")
-        python = self._python(plan)
+        if plan.python_version is None or kernel_python is not None:
+            server_version = self._server_python()[1]
+            if server_version != R2D_DEFAULT_PYTHON:
+                log(f"Python {R2D_DEFAULT_PYTHON}, repo2docker's default, is not installed "
+                    f"here: the environment uses Python {server_version}.\n")
         env_dir = self.env_dir(plan.key)
         scratch = self.envs_dir / f".build-{plan.key}-{os.getpid()}-{time.monotonic_ns()}"
         shutil.rmtree(env_dir, ignore_errors=True)
         uid: int | None = None
         if self.uids is not None:
-            for needed in (self.uv, python):
+            for needed in (self.uv, python, kernel_python or python):
                 if unreachable_part(needed) is not None:
                     raise BuildFailed(f"Builds run under user ids of their own, and cannot "
                                       f"run {needed}: {unreachable_part(needed)} is closed "
@@ -194,7 +311,8 @@ class UvBuilder:
             await asyncio.to_thread(shutil.copytree, checkout, scratch, symlinks=True)
             if uid is not None:
                 await asyncio.to_thread(_give, scratch, env_dir, uid)
-            await self._run(plan, scratch, env_dir, python, log, uid)
+            await self._run(plan, scratch, env_dir, python, log, uid,
+                            kernel_python=kernel_python)
             if uid is not None:
                 await asyncio.to_thread(_take_back, env_dir, uid)
             _quiet_jupyterlab(env_dir)
@@ -215,27 +333,65 @@ class UvBuilder:
         return cmd if uid is None else [sys.executable, "-I", "-c", DROP_PRIVILEGES,
                                         str(uid), *cmd]
 
+    def _packages(self, plan: EnvironmentPlan) -> list[str]:
+        """The installer's arguments for what the repository asks for, in repo2docker's
+        order: requirements.txt (or the Pipfile's, or environment.yml's packages), then
+        the repository itself (``pip install .``)."""
+        args: list[str] = []
+        for req_file in plan.requirement_files:
+            args += ["-r", req_file]
+        for req in plan.requirements:
+            # A Pipfile's editable path entry (``-e ./sub``): two arguments.
+            args += ["-e", req[3:]] if req.startswith("-e ") else [req]
+        if plan.install_repo:
+            args.append(".")
+        return args
+
     async def _run(self, plan: EnvironmentPlan, work: Path, env_dir: Path, python: str,
-                   log: LogSink, uid: int | None = None) -> None:
+                   log: LogSink, uid: int | None = None, *,
+                   kernel_python: str | None = None) -> None:
         """Build in ``work``; with ``uid``, every command runs as that uid, and between
-        commands (when the server touches ``work`` itself) no process of it runs."""
+        commands (when the server touches ``work`` itself) no process of it runs.
+
+        With ``kernel_python``, the kernel gets an environment of its own in
+        ``<env>/kernel`` with the repository's packages and ipykernel, registered as the
+        notebook server's kernel (repo2docker's ``ipython kernel install --prefix``); the
+        server's environment gets JupyterLab and requirements3.txt."""
         env = self._env(env_dir, work)
         timeout = self.settings.build_timeout_seconds
+
+        async def run(cmd: list[str], cwd: Path | None = work) -> None:
+            await stream_process(self._as(uid, cmd), log=log, cwd=cwd, env=env,
+                                 timeout=timeout)
+
         step = "creating the Python environment"
         try:
-            await stream_process(self._as(uid, [self.uv, "venv", "--quiet", "--seed",
-                                                "--python", python, str(env_dir)]),
-                                 log=log, env=env, timeout=timeout)
+            await run([self.uv, "venv", "--quiet", "--seed", "--python", python, str(env_dir)],
+                      cwd=None)
             step = "installing the packages"
             install = [self.uv, "pip", "install", "--python", str(env_dir / "bin" / "python"),
                        self.settings.jupyterlab_requirement]
-            for req_file in plan.requirement_files:
-                install += ["-r", req_file]
-            install += list(plan.requirements)
-            if plan.install_repo:
-                install.append(".")
-            await stream_process(self._as(uid, install), log=log, cwd=work, env=env,
-                                 timeout=timeout)
+            if kernel_python is None:
+                install += self._packages(plan)
+            else:
+                for req_file in plan.server_requirement_files:
+                    install += ["-r", req_file]
+            await run(install)
+            if kernel_python is not None:
+                step = "creating the kernel's Python environment"
+                await self._kernel_env(plan, env_dir, kernel_python, run, log)
+                step = "installing the packages"
+                kernel = env_dir / KERNEL_DIR / "bin" / "python"
+                if plan.python_version and plan.python_version.startswith("2."):
+                    # uv does not install for Python 2: the environment's own pip does.
+                    await run([str(kernel), "-m", "pip", "install", "--no-cache-dir",
+                               "ipykernel", *self._packages(plan)])
+                else:
+                    await run([self.uv, "pip", "install", "--python", str(kernel),
+                               "ipykernel", *self._packages(plan)])
+                step = "registering the kernel"
+                await run([str(kernel), "-m", "ipykernel", "install", "--prefix",
+                           str(env_dir)])
             if plan.post_build:
                 step = plan.post_build
                 if uid is not None:
@@ -245,13 +401,37 @@ class UvBuilder:
                     script.chmod(script.stat().st_mode | 0o755)
                 before = _snapshot(work)
                 log(f"Running {plan.post_build}\n")
-                await stream_process(self._as(uid, [str(script)]), log=log, cwd=work, env=env,
-                                     timeout=timeout)
+                await run(post_build_command(plan.post_build))
                 if uid is not None:
                     await asyncio.to_thread(kill_uid, uid)
                 _keep_changes(work, before, env_dir / "home")
         except ProcessFailed as exc:
             raise _build_failure(plan, step, exc, work) from exc
+        except OSError as exc:
+            raise BuildFailed(f"Building the environment failed while {step}: {exc}",
+                              fault="server") from exc
+
+    async def _kernel_env(self, plan: EnvironmentPlan, env_dir: Path, kernel_python: str,
+                          run: Callable[..., Awaitable[None]], log: LogSink) -> None:
+        """Create the kernel's environment on ``kernel_python``: uv's for Python 3,
+        virtualenv's last Python 2 release (run by uv) for Python 2, which uv refuses."""
+        target = str(env_dir / KERNEL_DIR)
+        log(f"Python {plan.python_version} is older than JupyterLab runs on: the kernel "
+            f"gets an environment of its own, as repo2docker does.\n")
+        if plan.python_version and plan.python_version.startswith("2."):
+            await run([self.uv, "tool", "run", "--quiet", "--from", PY2_VIRTUALENV,
+                       "virtualenv", "--quiet", "--no-periodic-update", "--python",
+                       kernel_python, target], cwd=None)
+        else:
+            await run([self.uv, "venv", "--quiet", "--seed", "--python", kernel_python,
+                       target], cwd=None)
+
+
+def post_build_command(script: str) -> list[str]:
+    """How postBuild (``script``, relative to the repository) runs: repo2docker's
+    ``RUN ./postBuild``, a shell that execs it, and runs it as a shell script itself when
+    it has no ``#!`` line (the kernel refuses to exec such a file)."""
+    return ["/bin/sh", "-c", './"$0"', script]
 
 
 def _build_failure(plan: EnvironmentPlan, step: str, exc: ProcessFailed,
@@ -281,7 +461,8 @@ def _build_failure(plan: EnvironmentPlan, step: str, exc: ProcessFailed,
     hint = f"uv said: {cause}" if cause else ""
     if file and line:
         hint += f"\nFix line {line} of {file}: {text}"
-    if plan.requirements and step.startswith("installing"):
+    if plan.buildpack == "CondaBuildPack" and plan.requirements and \
+            file.rpartition("/")[2] in ("", "environment.yml", "environment.yaml"):
         hint += ("\nPackages from environment.yml are installed with pip here; "
                  "conda-only packages need --builder docker.")
     # uv stops at what the repository asks for (a package that does not exist, a typo, a
