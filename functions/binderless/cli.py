@@ -161,6 +161,70 @@ def _resolve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prebuild_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "prebuild",
+        help="build a repository's environment on a server before anyone launches it",
+        description="Ask a binderless server to build the environment of a link, launching "
+        "nothing (POST /api/prebuild with Authorization: Bearer <secret>): for CI jobs after "
+        "a push. The secret is the server's webhook_secret, read from "
+        "BINDERLESS_WEBHOOK_SECRET. Prints the server's JSON answer.",
+        epilog="Example: BINDERLESS_WEBHOOK_SECRET=... binderless prebuild "
+        "https://github.com/org/repo --server https://binder.example.org --wait",
+    )
+    p.add_argument("target", help="a Binder link (built on its own server), or "
+                   "<provider>/<spec> or a repository address (built on --server)")
+    p.add_argument("--server", default=os.environ.get("BINDERLESS_SERVER", DEFAULT_SERVER),
+                   help=f"server for a bare <provider>/<spec> (default {DEFAULT_SERVER}, "
+                   "or BINDERLESS_SERVER)")
+    p.add_argument("--wait", action="store_true",
+                   help="follow the build until it ends; exit 1 if it fails")
+
+
+def _prebuild(args: argparse.Namespace) -> int:
+    import json
+
+    import httpx
+
+    from .client import follow_build, parse_target
+    from .errors import BadLink
+
+    secret = os.environ.get("BINDERLESS_WEBHOOK_SECRET", "")
+    if not secret:
+        print("binderless prebuild: set BINDERLESS_WEBHOOK_SECRET to the server's webhook "
+              "secret", file=sys.stderr)
+        return 2
+    try:
+        base, spec, _urlpath = parse_target(args.target, args.server, cwd=os.getcwd())
+    except BadLink as exc:
+        print(f"binderless prebuild: {exc.user_message()}", file=sys.stderr)
+        return 2
+    with httpx.Client(timeout=httpx.Timeout(30.0, read=None if args.wait else 60.0)) as client:
+        try:
+            answer = client.post(f"{base}/api/prebuild", json={"link": spec},
+                                 headers={"Authorization": f"Bearer {secret}"})
+            document = answer.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            print(f"binderless prebuild: no answer from {base}: {exc}", file=sys.stderr)
+            return 1
+        if answer.status_code >= 400:
+            print(f"binderless prebuild: {document.get('message', answer.text)}",
+                  file=sys.stderr)
+            return 1
+        print(json.dumps(document, indent=2), flush=True)
+        if not args.wait or "stream_url" not in document:
+            return 0
+        final: dict[str, Any] = {}
+        for event in follow_build(client, document["stream_url"]):
+            final = event
+        if str(final.get("phase", "")).lower() != "ready":
+            print(f"binderless prebuild: {str(final.get('message', 'the build failed')).strip()}",
+                  file=sys.stderr)
+            return 1
+        print(f"Built: {final.get('imageName', '')}", file=sys.stderr)
+        return 0
+
+
 def _gateway_parser(sub: Any) -> None:
     p = sub.add_parser(
         "gateway",
@@ -187,7 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_parser(sub)
     _launch_parser(sub)
     _resolve_parser(sub)
+    _prebuild_parser(sub)
     _gateway_parser(sub)
+    from .catalogue_cli import add_parser as _environments_parser
+
+    _environments_parser(sub)
     from .deploy.cli import add_parsers as _deploy_parsers
 
     _deploy_parsers(sub)
@@ -309,6 +377,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(asyncio.run(_gateway(args)))
     if args.command == "resolve":
         sys.exit(_resolve(args))
+    if args.command == "prebuild":
+        sys.exit(_prebuild(args))
+    if args.command == "environments":
+        from .catalogue_cli import run as run_environments
+
+        sys.exit(run_environments(args))
     if args.command in ("deploy", "destroy"):
         from .deploy.cli import run as run_deployment
 

@@ -156,10 +156,11 @@ def local_service(settings: Settings, http_client: httpx.Client | None = None, *
     engine = _engine_version(settings)
     providers = ProviderRegistry(
         settings, http_client or guarded_client(UrlGuard(enforce=settings.enforce_url_guard)))
-    return LaunchService(
+    store = SqliteStore(db)
+    service = LaunchService(
         settings,
         providers=providers,
-        store=SqliteStore(db),
+        store=store,
         routes=SqliteRoutes(db),
         events=SqliteEventLog(db, clock=clock),
         fetcher=LocalFetcher(settings.state_dir / "repos", archives=providers.get),
@@ -169,3 +170,11 @@ def local_service(settings: Settings, http_client: httpx.Client | None = None, *
         workspaces=Workspaces(homes, max_projects=settings.max_projects_per_user,
                               clock=clock),
     )
+    if settings.environment_budget_bytes:
+        from .catalogue import budget_pruner, local_catalogues
+
+        service.after_build = budget_pruner(
+            local_catalogues(settings.state_dir, store, clock=clock,
+                             builder=service.builder).environments,
+            settings.environment_budget_bytes)
+    return service

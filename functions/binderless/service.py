@@ -29,6 +29,7 @@ import aiohttp
 from .backends.protocols import (
     NO_OBSERVER,
     Builder,
+    EnvironmentUsage,
     EventLog,
     Fetcher,
     ImageRef,
@@ -49,6 +50,7 @@ from .events import Event, event_from_error
 from .phases import Phase, advance
 from .policy import quota_for
 from .providers import ProviderRegistry, ResolvedRepo
+from .restore import RestoreShelf
 from .settings import Settings
 from .slots import Slots
 from .workspaces import Workspaces
@@ -75,6 +77,8 @@ ACTIVITY_FLUSH_SECONDS = 60.0
 #: A launch created through the REST API is driven by the gateway its stream is asked of;
 #: when no stream is asked for this long, a gateway's reconciler drives it.
 UNSTREAMED_GRACE_SECONDS = 10.0
+#: How long a launch waits for a prune removing its environment before it goes on.
+PRUNE_WAIT_SECONDS = 60.0
 #: A session record still ``starting`` although its launch ended is stopped by the
 #: reconciler once it is this old (index listings lag behind writes).
 LEFTOVER_GRACE_SECONDS = 60.0
@@ -91,6 +95,10 @@ class LaunchRequest:
     #: The path inside the session the launch page opens (its urlpath); a signed-in
     #: person's project remembers it for its Open button.
     open_path: str = ""
+    #: An anonymous browser's id (its signed visitor cookie, ``restore.Visitors``): whose
+    #: changes are saved when the session ends; and the saved changes to put back.
+    visitor: str = ""
+    restore: str = ""
 
 
 def record_launch(store: Store, request: LaunchRequest, *, now: float, driver: str = "",
@@ -149,6 +157,16 @@ class LaunchService:
         self._start_slots = Slots(settings.max_concurrent_starts) if self.owns_state else None
         self._queued_builds: set[str] = set()  # environment keys whose build awaits a slot
         self._build_followers: dict[str, int] = {}  # key -> launches here following it
+        #: Anonymous sessions' changes, kept after they end (``restore.py``); the AWS
+        #: mode's wiring sets its own (``aws/restores.py``).
+        self.restores: RestoreShelf | None = RestoreShelf(
+            settings.state_dir / "restores", days=settings.restore_days,
+            max_bytes=settings.restore_max_bytes, clock=lambda: self.clock(),
+        ) if settings.mode == "local" else None
+        #: Run (in a thread) after each successful build: the catalogue's size budget
+        #: (``catalogue.budget_pruner``); ``None``: nothing.
+        self.after_build: Callable[[], object] | None = None
+        self._housekeeping: set[asyncio.Task[None]] = set()
 
     # ----- lifecycle -------------------------------------------------------------------
 
@@ -190,6 +208,13 @@ class LaunchService:
         launch_id = self.create(request, driver=self.instance_id)
         self._drive(launch_id, request)
         return launch_id
+
+    def prebuild(self, request: LaunchRequest) -> str:
+        """Build ``request``'s environment if it is missing, launching nothing (``POST
+        /api/prebuild``, ``prebuild.py``): a ``build_only`` launch, so its build is claimed
+        like any other and later launches attach to it or find it finished. Returns the
+        id of its event stream."""
+        return self.start(dataclasses.replace(request, build_only=True, owner=""))
 
     def create(self, request: LaunchRequest, *, driver: str = "") -> str:
         """Record a launch; with ``driver``, that process drives it from now on (under a
@@ -325,6 +350,11 @@ class LaunchService:
             self.emit(launch_id, None, "Picking up this launch where another server left "
                                        "it...\n")
         self.emit(launch_id, Phase.WAITING, f"Resolving {request.provider}/{request.spec}...\n")
+        if request.restore and not request.owner:
+            if self.restores is None:
+                raise LaunchFailed("This server keeps no changes of ended sessions.")
+            await asyncio.to_thread(self.restores.check, request.restore, request.visitor,
+                                    request.provider)
         repo = await asyncio.to_thread(self.providers.resolve, request.provider, request.spec)
         self.store.update_launch(launch_id, resolved_ref=repo.resolved_ref)
         for note in repo.notes:
@@ -351,13 +381,30 @@ class LaunchService:
 
         plan = await asyncio.to_thread(self.builder.plan, home)
         self.store.update_launch(launch_id, image_key=plan.key)
+        if not request.build_only:
+            # From now on the session counts as using the environment: a prune leaves it.
+            self.store.update_session(session_id, image_key=plan.key)
+        await self._hold_environment(launch_id, plan.key)
         image = await self._ensure_image(launch_id, plan, home)
+        if not request.build_only:
+            self._note_environment(image.key, image_name=image.name, repo_url=repo.repo_url,
+                                   ref=repo.resolved_ref)
         if request.build_only:
             self.emit(launch_id, Phase.READY, "Image is built.\n", imageName=image.name)
             shutil.rmtree(home.parent, ignore_errors=True)
             return
 
         project = await self._open_project(launch_id, request, repo, home)
+        if self.restores is not None and not request.owner:
+            # The manifest of the checkout as built, then the visitor's files put back
+            # (after the build: they never change which environment the commit gets).
+            for line in await asyncio.to_thread(
+                    self.restores.prepare, home, restore_id=request.restore,
+                    visitor=request.visitor, repo_url=repo.repo_url,
+                    resolved_ref=repo.resolved_ref, provider=request.provider,
+                    persistent_request=repo.persistent_request, session_id=session_id,
+                    spec=request.spec):
+                self.emit(launch_id, Phase.LAUNCHING, line)
         self.emit(launch_id, Phase.LAUNCHING, "Launching server...\n")
         base_url = f"/user/{session_id}/"
         self.store.update_session(session_id, image_key=image.key)
@@ -379,7 +426,10 @@ class LaunchService:
         self.routes.add(Route(session_id=session_id, target=handle.target, token=token,
                               owner=request.owner))
         self._activity[session_id] = self.clock()
-        url = f"{request.launch_host}user/{session_id}/"
+        # A session origin of its own (settings.session_url) never sees the sign-in cookie.
+        host = (self.settings.session_url.rstrip("/") + "/") if self.settings.session_url \
+            else request.launch_host
+        url = f"{host}user/{session_id}/"
         log.info("launch %s ready in %.2fs", launch_id, self.clock() - started)
         self.emit(
             launch_id, Phase.READY, f"server running at {url}\n",
@@ -476,6 +526,31 @@ class LaunchService:
             build.cancel()
 
     # ----- builds ----------------------------------------------------------------------
+
+    async def _hold_environment(self, launch_id: str, key: str) -> None:
+        """Tell the catalogue this launch is about to use ``key`` (``EnvironmentUsage``);
+        while a prune is removing it, wait until it is gone, then build it again."""
+        if not isinstance(self.store, EnvironmentUsage):
+            return
+        told = False
+        deadline = time.monotonic() + PRUNE_WAIT_SECONDS
+        while not await asyncio.to_thread(self.store.hold_environment, key, self.clock()):
+            if time.monotonic() > deadline:
+                break  # a prune that died: its mark goes stale and the next hold wins
+            if not told:
+                self.emit(launch_id, None, "This environment is being removed; it will be "
+                                           "built again...\n")
+                told = True
+            await asyncio.sleep(0.2)
+
+    def _note_environment(self, key: str, **fields: Any) -> None:
+        """Record a build or a launch of ``key`` for the catalogue; never fails a launch."""
+        if not isinstance(self.store, EnvironmentUsage):
+            return
+        try:
+            self.store.note_environment(key, self.clock(), **fields)
+        except BinderlessError as exc:
+            log.warning("could not record the use of environment %s: %s", key, exc.message)
 
     async def _ensure_image(self, launch_id: str, plan: EnvironmentPlan, checkout: Path) -> ImageRef:
         """The built environment for ``plan``: found, built here, or built by another launch
@@ -584,7 +659,12 @@ class LaunchService:
         except BaseException as exc:
             self.observer.build_finished(False, self.clock() - began)
             error = exc if isinstance(exc, BinderlessError) else BuildFailed(
-                "The build stopped unexpectedly.", hint="Launch again to retry the build.")
+                f"The build stopped unexpectedly ({describe_exception(exc)}).",
+                hint="Launch again to retry the build.")
+            if not isinstance(exc, BinderlessError):
+                # What went wrong, in one line (never a traceback: it reaches the page).
+                log.warning("build of %s stopped unexpectedly: %s", plan.key,
+                            describe_exception(exc))
             self.store.finish_build(plan.key, "failed", owner=self.instance_id)
             self.events.append(stream, event_from_error(error))
             if isinstance(exc, BinderlessError) or not isinstance(exc, Exception):
@@ -595,10 +675,27 @@ class LaunchService:
             await self.spawner.prepare(image)
         except BinderlessError as exc:  # the first start does it again
             log.warning("could not prepare %s for starts: %s", image.name, exc.message)
+        self._note_environment(image.key, image_name=image.name, built=True,
+                               files=tuple(sorted(plan.files)))
         self.store.finish_build(plan.key, "built", image.name, owner=self.instance_id)
         self.events.append(stream, Event(Phase.BUILT, self._words("finished"),
                                          {"imageName": image.name}))
+        if self.after_build is not None:
+            # The catalogue's size budget; it never removes what a launch uses (the one
+            # just built is held by the launch that built it).
+            self._spawn_housekeeping(self.after_build)
         return image
+
+    def _spawn_housekeeping(self, job: Callable[[], object]) -> None:
+        async def run() -> None:
+            try:
+                await asyncio.to_thread(job)
+            except Exception:
+                log.exception("housekeeping after a build failed")
+
+        task = asyncio.create_task(run(), name="housekeeping")
+        self._housekeeping.add(task)
+        task.add_done_callback(self._housekeeping.discard)
 
     # ----- readiness, sessions ---------------------------------------------------------
 
@@ -687,6 +784,8 @@ class LaunchService:
                                   stop_reason=reason)
         self._activity.pop(session_id, None)
         self._activity_written.pop(session_id, None)
+        if self.restores is not None and not record.owner and record.status == "running":
+            await asyncio.to_thread(self._save_work, record)
         if not self.keeps_files(record, reason):
             await asyncio.to_thread(self._remove_files, session_id)
         log.info("session %s stopped: %s", session_id, reason)
@@ -703,6 +802,15 @@ class LaunchService:
         feature) would keep its folder here, on purpose, for the reasons it covers."""
         del reason  # every reason ends an anonymous session's files alike, for now
         return bool(record.owner)
+
+    def _save_work(self, record: SessionRecord) -> None:
+        """Keep what the visitor of an anonymous session that ran changed (``restore.py``);
+        a failure is logged, never in the way of stopping."""
+        assert self.restores is not None
+        try:
+            self.restores.save(record, self.store.get_launch(record.launch_id))
+        except (OSError, BinderlessError) as exc:
+            log.warning("could not save the changes of session %s: %s", record.session_id, exc)
 
     def _remove_files(self, session_id: str) -> None:
         folder = self.sessions_dir / session_id
@@ -807,6 +915,8 @@ class LaunchService:
         if resume is None:
             resume = cull
         culled = await self.cull() if cull else []
+        if self.restores is not None:
+            await asyncio.to_thread(self.restores.sweep)  # saved changes past their time
         if cull:
             self.observer.sessions_active(self.store.active_counts("")[0])
         abandoned: list[str] = []
@@ -904,6 +1014,15 @@ class LaunchService:
                 await self.reconcile()
             except Exception:
                 log.exception("reconciling failed; trying again later")
+
+
+def describe_exception(exc: BaseException, limit: int = 300) -> str:
+    """``exc`` as one line for people and logs: its type and message (whitespace folded,
+    at most ``limit`` characters), never a traceback."""
+    text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[:limit - 1] + "\u2026"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def queue_message(kind: str, ahead: int) -> str:

@@ -30,6 +30,9 @@ class Settings:
     port: int = 8585
     state_dir: Path = Path(".state")
     public_url: str = ""
+    #: Where sessions (/user/...) are served, when not from public_url: an origin that
+    #: never receives the sign-in cookie (docs/security.md). Empty: the launch's own host.
+    session_url: str = ""
     #: The launch pages; empty means the site/ folder of this source checkout.
     site_dir: str = ""
     #: auto: the uv builder, and repo2docker on a Docker engine for what uv cannot build
@@ -109,6 +112,12 @@ class Settings:
     #: WebSocket pings to both ends of a proxied connection (CloudFront closes one with no
     #: bytes for 10 minutes).
     websocket_ping_seconds: float = 30.0
+    #: Launches one client address may start in 5 minutes, counted by each server process
+    #: on its own (launchbudget.py); 0: no budget.
+    launch_budget_per_ip: int = 0
+    #: Proxies in front that append the address they saw to X-Forwarded-For (AWS:
+    #: CloudFront and the load balancer, 2); 0: the connection's own address is the client.
+    trusted_proxy_hops: int = 0
     # AWS mode: the resources the templates in infra/ create (names and ids)
     aws_table: str = "binderless"
     aws_bucket: str = ""
@@ -132,6 +141,11 @@ class Settings:
     #: access point); anonymous sessions get security_groups and task_role_arn.
     home_security_groups: tuple[str, ...] = ()
     home_task_role_arn: str = ""
+    #: AWS: each signed-in user's sessions get a role of their own, made under this IAM
+    #: path with this permissions boundary, that mounts only their access point
+    #: (binderless.aws.iam); the stack sets both.
+    home_role_path: str = ""
+    home_role_boundary: str = ""
     # Sign-in and persistent workspaces (docs/workspaces.md)
     #: auto: OpenID Connect when oidc_issuer is set, else the local user on a local server
     #: listening on loopback, else off (anonymous launches only).
@@ -153,6 +167,33 @@ class Settings:
     download_max_bytes: int = 500 * 1024 * 1024
     efs_file_system_id: str = ""
     efs_home_root: str = "/homes"
+    # The environment catalogue (docs/operators.md#environments; catalogue.py)
+    #: After each build, the least recently launched environments are removed until the
+    #: rest fit in this many bytes (never one in use); 0: no automatic pruning.
+    environment_budget_bytes: int = 0
+    #: Signed-in user ids who may see and prune /environments on a shared server (on a
+    #: personal server, its one person may; with no operators, nobody else may).
+    operators: tuple[str, ...] = ()
+    # Bringing back an ended anonymous session (docs/operators.md#restoring-sessions):
+    # the files its visitor created or changed, kept this long, up to this size each.
+    restore_days: float = 7.0
+    restore_max_bytes: int = 100 * 1024 * 1024
+    # Branding of the home and loading pages (docs/operators.md#branding; branding.py):
+    # a name, a logo (an https URL or an image file here), colours (#rgb or #rrggbb),
+    # a footer and an announcement line (text and <a href> links only).
+    brand_name: str = ""
+    brand_logo: str = ""
+    brand_accent: str = ""
+    brand_background: str = ""
+    brand_text: str = ""
+    brand_footer: str = ""
+    brand_announcement: str = ""
+    # Prebuilds (docs/publishers.md): POST /api/prebuild
+    #: Checks GitHub's X-Hub-Signature-256, GitLab's X-Gitlab-Token and a CI's
+    #: "Authorization: Bearer" (empty: the route is off). May be an ssm:/secretsmanager: reference.
+    webhook_secret: str = field(default="", repr=False)
+    #: Webhook bodies past this size are refused (413) before they are read.
+    webhook_max_bytes: int = 1024 * 1024
 
     @property
     def exposed(self) -> bool:
@@ -235,8 +276,20 @@ class Settings:
                      "store_outage_grace_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be a positive number")
+        if self.webhook_max_bytes <= 0:
+            raise ValueError("webhook_max_bytes must be a positive number")
+        if self.webhook_secret and not self.webhook_secret.startswith(
+                ("ssm:", "secretsmanager:")) and len(self.webhook_secret) < 16:
+            raise ValueError("webhook_secret needs at least 16 characters (anyone who guesses "
+                             "it can start builds here); 32 random bytes, hex-encoded, is a "
+                             "good choice")
+        if self.environment_budget_bytes < 0:
+            raise ValueError("environment_budget_bytes must be 0 (no budget) or a positive "
+                             "number of bytes")
         if self.max_connections < 0:
             raise ValueError("max_connections must be 0 (automatic) or a positive number")
+        if self.launch_budget_per_ip < 0 or self.trusted_proxy_hops < 0:
+            raise ValueError("launch_budget_per_ip and trusted_proxy_hops must not be negative")
         if self.session_isolation not in ("auto", "uids", "off"):
             raise ValueError("session_isolation must be one of auto, uids, off")
         try:
@@ -253,7 +306,14 @@ class Settings:
         if self.public_url and not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?",
                                                 self.public_url):
             raise ValueError(f"public_url must be an http(s) URL, not {self.public_url!r}")
+        if self.session_url and not re.fullmatch(r"https?://[^/\s?#]+/?", self.session_url):
+            raise ValueError("session_url must be an http(s) origin (no path), not "
+                             f"{self.session_url!r}")
         self._validate_sign_in()
+        if self.restore_days <= 0 or self.restore_max_bytes <= 0:
+            raise ValueError("restore_days and restore_max_bytes must be positive numbers")
+        from .branding import Branding  # refuses a bad colour, logo or footer link
+        Branding.from_settings(self)
 
     def _validate_sign_in(self) -> None:
         method = self.sign_in_method

@@ -14,9 +14,10 @@ from .settings import Settings
 
 __all__ = ["SECRET_FIELDS", "load_secrets"]
 
-#: Provider tokens, and the sign-in secrets (the OpenID Connect client secret, the key
-#: that signs sign-in cookies).
-SECRET_FIELDS = ("github_token", "gitlab_token", "oidc_client_secret", "auth_secret")
+#: Provider tokens, the sign-in secrets (the OpenID Connect client secret, the key
+#: that signs sign-in cookies) and the prebuild webhooks' secret.
+SECRET_FIELDS = ("github_token", "gitlab_token", "oidc_client_secret", "auth_secret",
+                 "webhook_secret")
 
 
 def load_secrets(settings: Settings, client_factory: Callable[[str], Any] | None) -> Settings:

@@ -10,6 +10,7 @@ Screenshots go to ``test-artifacts/screenshots/``.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -392,6 +393,13 @@ def test_tips_rotate_pause_and_step_on(tabs: dict[str, Tab], server: LiveServer)
     page.route("**/build/**", lambda route: held.append(route))  # never answered: it waits
     page.clock.install()
     page.goto(server.url("/v2/gh/binder-examples/requirements/HEAD"))
+    # The page first asks whether this browser has saved changes of the link; the tips
+    # start with the connection, once it knows there are none.
+    deadline = time.monotonic() + 30
+    while not held and time.monotonic() < deadline:
+        page.evaluate("0")  # lets Playwright deliver the routed request
+        time.sleep(0.05)
+    assert held, "the page never opened the event stream"
     assert page.locator("#status").inner_text() == "Connecting to the server…"
     tip = page.locator("#tip")
     first = tip.inner_text()

@@ -206,7 +206,8 @@ def test_anonymous_session_offers_a_download_of_its_files(browser: Browser, serv
         session_id, token = open_session(page, server, link)
         banner = page.locator("#binderless-banner")
         banner.wait_for(state="visible", timeout=LAB_TIMEOUT_MS)
-        assert "Its files will be gone then." in banner.inner_text()
+        # Its changes are kept for this browser (restore_days), not gone with it.
+        assert "will be kept for this browser for 7 days" in banner.inner_text()
         assert page.locator("#binderless-keep").is_visible()
         with page.expect_download() as started:
             page.locator("#binderless-download").click()

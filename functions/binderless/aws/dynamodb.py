@@ -18,6 +18,9 @@ projected) is sparse and lists items by a group derived from their state::
                                                        SESSIONS#stopped / <session_id> after
     event          EVENTS#<stream>       <seq>         none
     build claim    BUILD#<key>           BUILD         none
+    webhook        DELIVERY#<key>        DELIVERY      none (expires after its TTL)
+    environment    ENV#<key>             ENV           ENVIRONMENTS / <key>
+    its repo use   ENV#<key>             REPO#<sha256> none
     session quota  QUOTA#sessions        QUOTA         none
     repo quota     QUOTA#repo#<sha256>   QUOTA         none
 
@@ -76,7 +79,14 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from decimal import Decimal
 from typing import Any, cast
 
-from ..backends.protocols import BuildClaim, Reservation, Route, SessionRecord
+from ..backends.protocols import (
+    BuildClaim,
+    EnvironmentRecord,
+    RepoUse,
+    Reservation,
+    Route,
+    SessionRecord,
+)
 from ..errors import SessionNotFound, StateUnavailable
 from ..events import Event
 from ._errors import error_code
@@ -1283,3 +1293,130 @@ class DynamoState:
     def _claim(item: Item, *, claimed: bool) -> BuildClaim:
         return BuildClaim(claimed=claimed, owner=_str(item, "owner"), stream=_str(item, "stream"),
                           status=_str(item, "status"), image_name=_str(item, "image_name"))
+
+    # ----- Deliveries (webhooks already received; see ``prebuild.py``) -------------------
+
+    def remember_delivery(self, key: str, now: float, ttl: float) -> bool:
+        """One conditional put: written only if no record of ``key`` exists, or the one
+        there has expired (DynamoDB deletes expired items late, so the condition checks
+        the time itself). ``False`` when another copy of the delivery got there first."""
+        try:
+            self._call(
+                "put_item",
+                Item={"pk": {"S": f"DELIVERY#{key}"}, "sk": {"S": "DELIVERY"},
+                      TTL_ATTRIBUTE: _value(int(now + ttl))},
+                ConditionExpression="attribute_not_exists(pk) OR #e <= :now",
+                ExpressionAttributeNames={"#e": TTL_ATTRIBUTE},
+                ExpressionAttributeValues={":now": _value(int(now))},
+            )
+        except _ConditionFailed:
+            return False
+        return True
+
+    # ----- EnvironmentUsage (the catalogue's records; see ``catalogue.py``) -------------
+
+    def hold_environment(self, key: str, now: float, *, stale_after: float = 300.0) -> bool:
+        update = _Update()
+        update.set("held_at", now)
+        update.set("gsi1pk", "ENVIRONMENTS")
+        update.set("gsi1sk", key)
+        update.remove("pruning_since")
+        mark = update.name("pruning_since")
+        condition = f"attribute_not_exists({mark}) OR {mark} < {update.value(now - stale_after)}"
+        try:
+            self._call("update_item", Key={"pk": {"S": f"ENV#{key}"}, "sk": {"S": "ENV"}},
+                       **update.kwargs(condition))
+        except _ConditionFailed:
+            return False
+        return True
+
+    def note_environment(self, key: str, now: float, *, image_name: str = "",
+                         built: bool = False, files: tuple[str, ...] = (),
+                         repo_url: str = "", ref: str = "") -> None:
+        update = _Update()
+        update.set("gsi1pk", "ENVIRONMENTS")
+        update.set("gsi1sk", key)
+        if image_name:
+            update.set("image_name", image_name)
+        if built:
+            update.set("built_at", now)
+            update.set("files", json.dumps(list(files)))
+        if repo_url:
+            update.add("launches", 1)
+            update.set("last_launched_at", now)
+        self._call("update_item", Key={"pk": {"S": f"ENV#{key}"}, "sk": {"S": "ENV"}},
+                   **update.kwargs(None))
+        if repo_url:
+            use = _Update()
+            use.set("repo_url", repo_url)
+            use.set("ref", ref)
+            use.add("launches", 1)
+            use.set("last_launched_at", now)
+            digest = hashlib.sha256(f"{repo_url}\0{ref}".encode()).hexdigest()[:32]
+            self._call("update_item",
+                       Key={"pk": {"S": f"ENV#{key}"}, "sk": {"S": f"REPO#{digest}"}},
+                       **use.kwargs(None))
+
+    def _repo_uses(self, key: str) -> list[Item]:
+        return list(self._query(
+            KeyConditionExpression="pk = :p AND begins_with(sk, :r)",
+            ExpressionAttributeValues={":p": {"S": f"ENV#{key}"}, ":r": {"S": "REPO#"}}))
+
+    def environment_records(self) -> list[EnvironmentRecord]:
+        records = []
+        for item in self._query_index("ENVIRONMENTS"):
+            key = _str(item, "gsi1sk")
+            try:
+                files = tuple(str(f) for f in json.loads(_str(item, "files") or "[]"))
+            except ValueError:
+                files = ()
+            uses = sorted((RepoUse(_str(u, "repo_url"), _str(u, "ref"), _int(u, "launches"),
+                                   _float(u, "last_launched_at") or 0.0)
+                           for u in self._repo_uses(key)),
+                          key=lambda r: r.last_launched_at, reverse=True)
+            records.append(EnvironmentRecord(
+                key=key, image_name=_str(item, "image_name"), files=files,
+                built_at=_float(item, "built_at"),
+                last_launched_at=_float(item, "last_launched_at"),
+                launches=_int(item, "launches"), repos=tuple(uses)))
+        return records
+
+    def begin_prune(self, key: str, now: float, *, grace: float,
+                    stale_after: float = 300.0) -> str:
+        # The session index lags behind writes by about a second; a launch's hold (one
+        # strongly consistent item) covers that gap, and the conditional write below is
+        # the one atomic step between a prune and a launch (see ``catalogue.py``).
+        active = sum(1 for r in self.sessions(*_ACTIVE) if r.image_key == key)
+        if active:
+            return f"{active} session{'s' if active != 1 else ''} running"
+        build = self.get_build(key)
+        if build is not None and build.status == "building":
+            return "it is being built"
+        update = _Update()
+        update.set("pruning_since", now)
+        update.set("gsi1pk", "ENVIRONMENTS")
+        update.set("gsi1sk", key)
+        held, mark = update.name("held_at"), update.name("pruning_since")
+        condition = (f"(attribute_not_exists({held}) OR {held} <= {update.value(now - grace)}) "
+                     f"AND (attribute_not_exists({mark}) OR {mark} < "
+                     f"{update.value(now - stale_after)})")
+        try:
+            self._call("update_item", Key={"pk": {"S": f"ENV#{key}"}, "sk": {"S": "ENV"}},
+                       ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                       **update.kwargs(condition))
+        except _ConditionFailed as exc:
+            old = exc.item or {}
+            if (_float(old, "held_at") or 0.0) > now - grace:
+                return "a launch started using it moments ago"
+            return "another prune is removing it"
+        return ""
+
+    def end_prune(self, key: str, *, removed: bool) -> None:
+        if not removed:
+            update = _Update()
+            update.remove("pruning_since")
+            self._update(f"ENV#{key}", "ENV", update)
+            return
+        for item in self._repo_uses(key):
+            self._call("delete_item", Key={"pk": item["pk"], "sk": item["sk"]})
+        self._call("delete_item", Key={"pk": {"S": f"ENV#{key}"}, "sk": {"S": "ENV"}})

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from ..envplan import EnvironmentPlan
 from ..events import Event
@@ -21,12 +21,16 @@ __all__ = [
     "BuildClaim",
     "BuildClaims",
     "Builder",
+    "Deliveries",
+    "EnvironmentRecord",
+    "EnvironmentUsage",
     "EventLog",
     "Fetcher",
     "ImageRef",
     "LogSink",
     "Observer",
     "ProjectMount",
+    "RepoUse",
     "Reservation",
     "Route",
     "RouteTable",
@@ -346,6 +350,81 @@ class BuildClaims(Protocol):
         ...
 
     def get_build(self, key: str) -> BuildClaim | None: ...
+
+
+@dataclass(frozen=True)
+class RepoUse:
+    """A repository and resolved ref whose launches used an environment."""
+
+    repo_url: str
+    ref: str
+    launches: int
+    last_launched_at: float
+
+
+@dataclass(frozen=True)
+class EnvironmentRecord:
+    """What the store remembers of a built environment (``catalogue.py`` adds what the
+    builder's storage knows: its size, whether it still exists)."""
+
+    key: str
+    image_name: str = ""
+    #: The environment files it was built from (``EnvironmentPlan.files``' names).
+    files: tuple[str, ...] = ()
+    built_at: float | None = None
+    last_launched_at: float | None = None
+    launches: int = 0
+    repos: tuple[RepoUse, ...] = ()
+
+
+@runtime_checkable
+class EnvironmentUsage(Protocol):
+    """Which environments launches use, and a guard so that pruning never removes one a
+    launch is about to use (see ``catalogue.py`` for the rule).
+
+    A launch ``hold``s its environment before it looks for it; a prune ``begin``s by
+    marking the environment in one atomic step that fails while anything uses it, and
+    ``end``s once its files are gone (or kept). A hold refused because of a prune mark
+    waits for the prune to end, then finds nothing and builds again.
+    """
+
+    def hold_environment(self, key: str, now: float, *, stale_after: float = 300.0) -> bool:
+        """Note that a launch is about to use ``key``; ``False`` (nothing written) while a
+        prune marked it less than ``stale_after`` seconds ago."""
+        ...
+
+    def note_environment(self, key: str, now: float, *, image_name: str = "",
+                         built: bool = False, files: tuple[str, ...] = (),
+                         repo_url: str = "", ref: str = "") -> None:
+        """Record a build (``built``: ``built_at``, ``files``) or, with ``repo_url``, a launch
+        that used the environment (``launches`` + 1, ``last_launched_at``, the repo+ref)."""
+        ...
+
+    def environment_records(self) -> list[EnvironmentRecord]: ...
+
+    def begin_prune(self, key: str, now: float, *, grace: float,
+                    stale_after: float = 300.0) -> str:
+        """Mark ``key`` as being pruned, in one step with the check that nothing uses it:
+        no session starting or running with this ``image_key``, no build of it running, no
+        hold in the last ``grace`` seconds, no other prune's mark younger than
+        ``stale_after``. Returns ``""`` when marked, else why not (for people)."""
+        ...
+
+    def end_prune(self, key: str, *, removed: bool) -> None:
+        """Clear the mark; with ``removed``, forget the environment's record too."""
+        ...
+
+
+@runtime_checkable
+class Deliveries(Protocol):
+    """Webhook deliveries already received, so that a replayed one is refused
+    (``prebuild.py``). SQLite locally, DynamoDB on AWS."""
+
+    def remember_delivery(self, key: str, now: float, ttl: float) -> bool:
+        """Record ``key`` for ``ttl`` seconds, in one atomic step with the check that it is
+        not recorded yet (or its record has expired); ``False``, nothing written, when it
+        is: two copies of one delivery arriving at once cannot both pass."""
+        ...
 
 
 class Observer(Protocol):

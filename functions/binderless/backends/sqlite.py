@@ -14,7 +14,14 @@ from typing import Any
 
 from ..errors import SessionNotFound
 from ..events import Event
-from .protocols import BuildClaim, Reservation, Route, SessionRecord
+from .protocols import (
+    BuildClaim,
+    EnvironmentRecord,
+    RepoUse,
+    Reservation,
+    Route,
+    SessionRecord,
+)
 
 __all__ = ["Database", "SessionRecord", "SqliteEventLog", "SqliteRoutes", "SqliteStore"]
 
@@ -59,6 +66,28 @@ CREATE TABLE IF NOT EXISTS builds (
     image_name TEXT NOT NULL DEFAULT '',
     claimed_at REAL NOT NULL,
     finished_at REAL
+);
+CREATE TABLE IF NOT EXISTS environments (
+    image_key TEXT PRIMARY KEY,
+    image_name TEXT NOT NULL DEFAULT '',
+    files TEXT NOT NULL DEFAULT '[]',
+    built_at REAL,
+    last_launched_at REAL,
+    launches INTEGER NOT NULL DEFAULT 0,
+    held_at REAL,
+    pruning_since REAL
+);
+CREATE TABLE IF NOT EXISTS environment_repos (
+    image_key TEXT NOT NULL,
+    repo_url TEXT NOT NULL,
+    ref TEXT NOT NULL,
+    launches INTEGER NOT NULL DEFAULT 0,
+    last_launched_at REAL NOT NULL,
+    PRIMARY KEY (image_key, repo_url, ref)
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    delivery TEXT PRIMARY KEY,
+    expires_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS events (
     stream TEXT NOT NULL,
@@ -277,6 +306,107 @@ class SqliteStore:
 
     def flush(self, launch_id: str) -> None:
         """Every write is committed at once here: nothing is held."""
+
+    def remember_delivery(self, key: str, now: float, ttl: float) -> bool:
+        """``Deliveries``: one IMMEDIATE transaction makes the check and the insert one step;
+        expired records go in the same step, so the table holds one ``ttl`` of deliveries."""
+        with self.db.transaction() as cur:
+            cur.execute("DELETE FROM deliveries WHERE expires_at <= ?", (now,))
+            cur.execute("INSERT OR IGNORE INTO deliveries (delivery, expires_at) VALUES (?, ?)",
+                        (key, now + ttl))
+            return cur.rowcount == 1
+
+    # ----- EnvironmentUsage (the catalogue's records; see ``catalogue.py``) -------------
+
+    def hold_environment(self, key: str, now: float, *, stale_after: float = 300.0) -> bool:
+        with self.db.transaction() as cur:
+            row = cur.execute("SELECT pruning_since FROM environments WHERE image_key = ?",
+                              (key,)).fetchone()
+            if row is not None and row["pruning_since"] is not None and \
+                    row["pruning_since"] > now - stale_after:
+                return False
+            cur.execute(
+                "INSERT INTO environments (image_key, held_at) VALUES (?, ?) "
+                "ON CONFLICT(image_key) DO UPDATE SET held_at = excluded.held_at, "
+                "pruning_since = NULL", (key, now))
+        return True
+
+    def note_environment(self, key: str, now: float, *, image_name: str = "",
+                         built: bool = False, files: tuple[str, ...] = (),
+                         repo_url: str = "", ref: str = "") -> None:
+        with self.db.transaction() as cur:
+            cur.execute("INSERT OR IGNORE INTO environments (image_key) VALUES (?)", (key,))
+            if image_name:
+                cur.execute("UPDATE environments SET image_name = ? WHERE image_key = ?",
+                            (image_name, key))
+            if built:
+                cur.execute("UPDATE environments SET built_at = ?, files = ? "
+                            "WHERE image_key = ?", (now, json.dumps(list(files)), key))
+            if repo_url:
+                cur.execute("UPDATE environments SET launches = launches + 1, "
+                            "last_launched_at = ? WHERE image_key = ?", (now, key))
+                cur.execute(
+                    "INSERT INTO environment_repos (image_key, repo_url, ref, launches, "
+                    "last_launched_at) VALUES (?, ?, ?, 1, ?) "
+                    "ON CONFLICT(image_key, repo_url, ref) DO UPDATE SET "
+                    "launches = launches + 1, last_launched_at = excluded.last_launched_at",
+                    (key, repo_url, ref, now))
+
+    def environment_records(self) -> list[EnvironmentRecord]:
+        repos: dict[str, list[RepoUse]] = {}
+        for r in self.db.query("SELECT * FROM environment_repos "
+                               "ORDER BY last_launched_at DESC"):
+            repos.setdefault(r["image_key"], []).append(
+                RepoUse(r["repo_url"], r["ref"], int(r["launches"]),
+                        float(r["last_launched_at"])))
+        records = []
+        for r in self.db.query("SELECT * FROM environments ORDER BY image_key"):
+            try:
+                files = tuple(str(f) for f in json.loads(r["files"] or "[]"))
+            except ValueError:
+                files = ()
+            records.append(EnvironmentRecord(
+                key=r["image_key"], image_name=r["image_name"], files=files,
+                built_at=r["built_at"], last_launched_at=r["last_launched_at"],
+                launches=int(r["launches"]), repos=tuple(repos.get(r["image_key"], ()))))
+        return records
+
+    def begin_prune(self, key: str, now: float, *, grace: float,
+                    stale_after: float = 300.0) -> str:
+        # One IMMEDIATE transaction: a launch's hold (or its session's image_key) is
+        # written either before this check, which then sees it, or after the mark, and
+        # then the hold is refused (see ``hold_environment``).
+        with self.db.transaction() as cur:
+            active = cur.execute(
+                "SELECT COUNT(*) FROM sessions WHERE image_key = ? "
+                "AND status IN ('starting', 'running')", (key,)).fetchone()[0]
+            if active:
+                return f"{active} session{'s' if active != 1 else ''} running"
+            build = cur.execute("SELECT status FROM builds WHERE image_key = ?",
+                                (key,)).fetchone()
+            if build is not None and build["status"] == "building":
+                return "it is being built"
+            row = cur.execute("SELECT held_at, pruning_since FROM environments "
+                              "WHERE image_key = ?", (key,)).fetchone()
+            if row is not None and row["held_at"] is not None and row["held_at"] > now - grace:
+                return "a launch started using it moments ago"
+            if row is not None and row["pruning_since"] is not None and \
+                    row["pruning_since"] > now - stale_after:
+                return "another prune is removing it"
+            cur.execute(
+                "INSERT INTO environments (image_key, pruning_since) VALUES (?, ?) "
+                "ON CONFLICT(image_key) DO UPDATE SET pruning_since = excluded.pruning_since",
+                (key, now))
+        return ""
+
+    def end_prune(self, key: str, *, removed: bool) -> None:
+        with self.db.transaction() as cur:
+            if removed:
+                cur.execute("DELETE FROM environments WHERE image_key = ?", (key,))
+                cur.execute("DELETE FROM environment_repos WHERE image_key = ?", (key,))
+            else:
+                cur.execute("UPDATE environments SET pruning_since = NULL WHERE image_key = ?",
+                            (key,))
 
 
 class SqliteRoutes:

@@ -42,6 +42,7 @@ from ..origins import OriginPolicy
 from ..projects import ProjectService
 from ..redirects import safe_next
 from ..service import LaunchService
+from .pages import site_page
 
 __all__ = ["Accounts"]
 
@@ -148,8 +149,7 @@ class Accounts:
         if path == "/api/me":
             return self.me(request)
         if path in ("/projects", "/projects/"):
-            return web.FileResponse(self.site_dir / "projects.html",
-                                    headers={"Cache-Control": "no-cache"})
+            return site_page(self.site_dir / "projects.html")  # branded (pages.py)
         return await self._projects_api(request, path)
 
     # ----- /auth/ ------------------------------------------------------------------------

@@ -27,9 +27,11 @@ from ..api import (
     repoproviders_document,
     versions_document,
 )
-from ..errors import AccessDenied, BadLink, BinderlessError, SessionNotFound
+from ..branding import LOGO_PATH, Branding
+from ..errors import AccessDenied, BadLink, BinderlessError, QuotaExceeded, SessionNotFound
 from ..estimate import launch_estimate
 from ..events import KEEPALIVE, event_from_error, sse_frame
+from ..launchbudget import LaunchBudget, client_address
 from ..launches import (
     RecentKeys,
     events_document,
@@ -43,10 +45,13 @@ from ..origins import OriginPolicy, names_local_path
 from ..resolve import resolve_query
 from ..service import LaunchRequest, LaunchService
 from .accounts import Accounts
+from .environments import EnvironmentsApi
+from .fastpath import FAST_PATH_KEY, SessionFastPath
 from .health import StoreWatch
-from .pages import message_page, wants_page
+from .pages import RestorePages, brand_pages, message_page, wants_page
 from .proxy import SessionProxy
 from .session_tools import SessionTools
+from .webhooks import PrebuildRoute
 
 __all__ = ["SITE_DIR", "create_app"]
 
@@ -96,9 +101,17 @@ class BinderlessServer:
         self.policy = OriginPolicy.from_settings(service.settings)
         self.site_dir = site_dir.resolve()
         self.accounts = Accounts.from_service(service, self.site_dir)
+        self.environments = EnvironmentsApi(service, self.accounts, self.site_dir)
+        self.branding = Branding.from_settings(self.settings)  # branding.py
+        self.restore_pages = RestorePages(service)  # restore.py: ended sessions' changes
+        # Launches per client address, in this process (launchbudget.py; 0: no budget).
+        self.launch_budget = LaunchBudget(self.settings.launch_budget_per_ip)
         # Routes are kept briefly where each lookup is a DynamoDB read (the AWS mode).
         self.proxy = SessionProxy(service.routes.lookup, service.record_activity,
                                   identify=self.accounts.owner, tools=SessionTools(service),
+                                  # A session origin of its own never receives the
+                                  # sign-in cookie: there the token alone opens a session.
+                                  check_owner=not self.settings.session_url,
                                   route_ttl=ROUTE_TTL_SECONDS if self.settings.mode == "aws"
                                   else 0.0,
                                   lookup_in_thread=self.settings.mode == "aws",
@@ -106,6 +119,7 @@ class BinderlessServer:
                                   ping_seconds=self.settings.websocket_ping_seconds)
         self._culler: asyncio.Task[None] | None = None
         self._launch_keys = RecentKeys()
+        self.prebuilds = PrebuildRoute(service, self._launch_host)  # POST /api/prebuild
         self.store_watch = StoreWatch(service.store.count_active,
                                       interval=self.settings.store_probe_seconds,
                                       grace=self.settings.store_outage_grace_seconds)
@@ -130,7 +144,9 @@ class BinderlessServer:
                 except SessionNotFound:
                     if not wants_page(request):
                         raise
-                    return await self.session_gone_page(session_id)
+                    return await self.session_gone_page(session_id, request)
+            if self.environments.handles(path):
+                return await self.environments.handle(request, path)
             if self.accounts.handles(path):
                 return await self.accounts.handle(request, path)
             if request.method == "OPTIONS":
@@ -138,6 +154,10 @@ class BinderlessServer:
                     **self.policy.cors_headers(origin),
                     "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
                     "Access-Control-Allow-Headers": "*"})
+            if path == "/api/prebuild":
+                return await self.prebuilds.handle(request)
+            if self.restore_pages.handles(path):  # POST /api/restores/<id>/share
+                return await self.restore_pages.share(request, path)
             if path == "/api/launches":
                 return await self.create_launch(request, origin)
             if path.startswith("/api/launches/"):
@@ -149,7 +169,15 @@ class BinderlessServer:
                     return web.Response(status=405, headers={**CORS, "Allow": "GET"})
                 return await self.build_stream(request, path, origin)
             if path.startswith("/v2/"):
-                return self.loading_page(path)
+                page = self.loading_page(path)
+                self.restore_pages.remember(request, page)
+                return page
+            if path == "/api/restores":
+                return await self.restore_pages.api(request)
+            if path.startswith(LOGO_PATH) and self.branding.logo_file is not None and \
+                    path == self.branding.logo_src:
+                return web.FileResponse(self.branding.logo_file,
+                                        headers={"Cache-Control": "no-cache"})
             if path.startswith("/repo/"):
                 raise web.HTTPFound(legacy_redirect(path))
             simple: dict[str, Callable[[], web.StreamResponse]] = {
@@ -187,11 +215,15 @@ class BinderlessServer:
             # banner's script inside a Jupyter page) must not read them as Latin-1.
             ctype += "; charset=utf-8"
         headers = {"Cache-Control": "no-cache"}
+        if target.suffix == ".html" and self.branding.active:
+            return web.Response(text=self.branding.apply(target.read_text()),
+                                headers={**headers, "Content-Type": ctype})
         if target.suffix == ".svg":
             headers.update(CORS)
         return web.FileResponse(target, headers={**headers, "Content-Type": ctype})
 
-    async def session_gone_page(self, session_id: str) -> web.Response:
+    async def session_gone_page(self, session_id: str,
+                                request: web.Request) -> web.Response:
         """What a person sees at a session's address once it has stopped: why, and a button
         that launches the same link again (a new session, from the start)."""
         def find() -> tuple[str, str]:
@@ -205,6 +237,9 @@ class BinderlessServer:
 
         reason, link = ("", "") if not re.fullmatch(r"[0-9a-f]{1,64}", session_id) else \
             await asyncio.to_thread(find)
+        if reason and (offer := await self.restore_pages.stopped_page(
+                request, session_id, reason, link)) is not None:
+            return offer  # this browser's changes are kept: "Start again with your changes"
         actions = ([("Launch it again", link)] if link else []) + [("Home", "/")]
         if not link and not reason:
             return message_page("No session here", [
@@ -229,7 +264,7 @@ class BinderlessServer:
         except BadLink:
             title = "binderless"
         page = (self.site_dir / "loading.html").read_text()
-        page = page.replace("{{og_title}}", html.escape(title))
+        page = self.branding.apply(page.replace("{{og_title}}", html.escape(title)))
         return web.Response(text=page, content_type="text/html",
                             headers={"Cache-Control": "no-cache"})
 
@@ -309,9 +344,12 @@ class BinderlessServer:
         body = await self._json_body(request)
         launch = launch_request(body, registry=self.service.providers,
                                 launch_host=self._launch_host(request),
-                                client_ip=request.remote or "")
+                                client_ip=self._client_ip(request))
         if origin is not None and names_local_path(launch.provider, launch.spec):
             raise cross_site_refusal(origin, local_path=True)
+        over = self._over_budget(request)
+        if over is not None:
+            raise over
         answer = launch_document(self.service.start(launch), launch)
         if key:
             self._launch_keys.put(key, answer)
@@ -344,6 +382,19 @@ class BinderlessServer:
         return web.json_response(document, headers=cors)
 
     # ----- the event stream ------------------------------------------------------------
+
+    def _client_ip(self, request: web.Request) -> str:
+        """The launching client's address (behind trusted proxies: the one they saw)."""
+        return client_address(request.remote or "", request.headers.get("X-Forwarded-For", ""),
+                              self.settings.trusted_proxy_hops)
+
+    def _over_budget(self, request: web.Request) -> QuotaExceeded | None:
+        """A refusal when this client address has used its launch budget, else None."""
+        wait = self.launch_budget.take(self._client_ip(request))
+        if not wait:
+            return None
+        return QuotaExceeded("Too many launches from your address.",
+                             hint=f"Try again in {max(1, round(wait))} seconds.")
 
     def _launch_host(self, request: web.Request) -> str:
         if self.settings.public_url:
@@ -384,14 +435,20 @@ class BinderlessServer:
                 await self._linger(response)
                 return response
             resumed = self._resume(request, target.provider, target.spec)
+            over = self._over_budget(request) if resumed is None else None
+            if over is not None:
+                await response.write(sse_frame(event_from_error(over)))
+                await self._linger(response)
+                return response
             if resumed is None:
                 build_only = request.query.get("build_only", "").lower() == "true"
                 launch_id = self.service.start(LaunchRequest(
                     provider=target.provider, spec=target.spec,
                     launch_host=self._launch_host(request),
-                    client_ip=request.remote or "", build_only=build_only,
+                    client_ip=self._client_ip(request), build_only=build_only,
                     owner=self.accounts.owner(request),
                     open_path=request.query.get("urlpath", "")[:MAX_OPEN_PATH],
+                    **self.restore_pages.launch_fields(request),
                 ))
                 after = 0
             else:
@@ -499,10 +556,13 @@ def create_app(service: LaunchService, site_dir: Path = SITE_DIR) -> web.Applica
     server = BinderlessServer(service, site_dir)
     # Bodies binderless reads itself are small; the session proxy streams (and limits)
     # its own.
-    app = web.Application(middlewares=[known_hosts, no_tracebacks],
+    app = web.Application(middlewares=[known_hosts, no_tracebacks,
+                                       brand_pages(server.branding)],  # pages.py
                           client_max_size=service.settings.max_body_bytes)
     app[SERVICE_KEY] = service
     app[POLICY_KEY] = server.policy
+    # Plain requests to sessions, served before the middlewares (start_listener).
+    app[FAST_PATH_KEY] = SessionFastPath(server.policy, server.proxy)
     # [\s\S], not ".": a decoded %0A in a spec must still reach the dispatcher.
     app.router.add_route("*", r"/{tail:[\s\S]*}", server.dispatch)
     app.cleanup_ctx.append(server.lifecycle)

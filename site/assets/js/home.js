@@ -26,6 +26,12 @@ const el = {
   myst: $("snippet-myst"),
   thebe: $("snippet-thebe"),
   thebeNote: $("thebe-note"),
+  prebuildActions: $("snippet-prebuild-actions"),
+  prebuildWebhook: $("snippet-prebuild-webhook"),
+  prebuildJobName: $("prebuild-job-name"),
+  prebuildJobWhere: $("prebuild-job-where"),
+  prebuildJobCopy: $("prebuild-job-copy"),
+  prebuildWebhookWhere: $("prebuild-webhook-where"),
   copyStatus: $("copy-status"),
 };
 
@@ -154,6 +160,95 @@ function showProblem(message) {
   else el.repo.removeAttribute("aria-invalid");
 }
 
+// Prebuild on push (POST /api/prebuild, docs/publishers.md): git repositories only.
+const PREBUILD_PROVIDERS = new Set(["gh", "gl", "git"]);
+const NO_PREBUILD = "(prebuilds are for GitHub, GitLab and git repositories)";
+const SECRET = "BINDERLESS_WEBHOOK_SECRET";
+/** The CI job each provider gets: its name and where it goes. */
+const PREBUILD_CI = {
+  gh: ["GitHub Actions workflow", ".github/workflows/binderless-prebuild.yml; the secret in "
+    + `the repository's Actions secrets as ${SECRET}`],
+  gl: ["GitLab CI job", `.gitlab-ci.yml; the secret as a masked CI/CD variable ${SECRET}`],
+  git: ["A CI job's command", `any CI system; the secret in its secrets as ${SECRET}`],
+};
+
+/** `<provider>/<repository>` of a launch link, still encoded, without its ref (the CI job
+ *  names the commit it built: the pushed one). */
+function repositoryPart(link, provider) {
+  const parts = new URL(link).pathname.replace(/^\/v2\//, "").split("/");
+  return parts.slice(0, provider === "gh" ? 3 : 2).join("/");
+}
+
+/** The CI job that asks this server to build the environment of each pushed commit. */
+function prebuildJob(server, provider, link) {
+  const repository = repositoryPart(link, provider);
+  const post = `curl --fail-with-body -sS -X POST ${server}/api/prebuild`;
+  const headers = [`-H "Authorization: Bearer $${SECRET}"`,
+    "-H \"Content-Type: application/json\""];
+  if (provider === "gh") {
+    return [
+      "name: Prebuild the Binder environment",
+      "\"on\":",
+      "  push:",
+      "jobs:",
+      "  prebuild:",
+      "    runs-on: ubuntu-latest",
+      "    steps:",
+      "      - name: Ask binderless to build the environment of this commit",
+      "        env:",
+      `          ${SECRET}: \${{ secrets.${SECRET} }}`,
+      "        run: >-",
+      `          ${post}`,
+      ...headers.map((h) => `          ${h}`),
+      `          -d '{"link": "${repository}/\${{ github.sha }}"}'`,
+    ].join("\n");
+  }
+  if (provider === "gl") {
+    return [
+      "binderless-prebuild:",
+      "  image:",
+      "    name: curlimages/curl:latest",
+      "    entrypoint: [\"\"]",
+      "  rules:",
+      "    - if: $CI_PIPELINE_SOURCE == \"push\"",
+      "  script:",
+      "    - >-",
+      `      printf '{"link": "%s"}' "${repository}/$CI_COMMIT_SHA"`,
+      `      | ${post}`,
+      ...headers.map((h) => `      ${h}`),
+      "      --data-binary @-",
+    ].join("\n");
+  }
+  return [`printf '{"link": "%s"}' "${repository.replace(/'/g, "%27")}/$(git rev-parse HEAD)" |`,
+    `  ${post} \\`, ...headers.map((h) => `  ${h} \\`), "  --data-binary @-"].join("\n");
+}
+
+/** What to type into the repository host's webhook form. */
+function webhookSettings(server, provider) {
+  const github = [`Payload URL:   ${server}/api/prebuild`,
+    "Content type:  application/json",
+    "Secret:        this server's webhook secret",
+    "Events:        Just the push event"];
+  const gitlab = [`URL:           ${server}/api/prebuild`,
+    "Secret token:  this server's webhook secret",
+    "Trigger:       Push events (and Tag push events, if you like)"];
+  if (provider === "gh") return github.join("\n");
+  if (provider === "gl") return gitlab.join("\n");
+  return ["On GitHub (Settings, Webhooks):", ...github, "",
+    "On GitLab (Settings, Webhooks):", ...gitlab].join("\n");
+}
+
+/** Put the CI job's name and place in its heading and copy button. */
+function labelPrebuildJob(provider) {
+  const [name, where] = PREBUILD_CI[provider] || PREBUILD_CI.gh;
+  el.prebuildJobName.textContent = name;
+  el.prebuildJobWhere.textContent = where;
+  el.prebuildJobCopy.dataset.what = name;
+  el.prebuildJobCopy.setAttribute("aria-label", `Copy the ${name}`);
+  el.prebuildWebhookWhere.textContent = provider === "gl"
+    ? "the project's Settings, Webhooks" : "the repository's Settings, Webhooks";
+}
+
 function render() {
   const link = currentLink();
   const ok = Boolean(link);
@@ -169,11 +264,21 @@ function render() {
   el.myst.textContent = target ? mystFrontmatter(target) : NO_THEBE;
   el.thebe.textContent = target ? thebeConfig(target) : NO_THEBE;
   el.thebeNote.hidden = Boolean(target) || !ok;
+  const prebuilds = ok && PREBUILD_PROVIDERS.has(el.provider.value);
+  labelPrebuildJob(el.provider.value);
+  el.prebuildActions.textContent = prebuilds ? prebuildJob(origin, el.provider.value, link)
+    : NO_PREBUILD;
+  el.prebuildWebhook.textContent = prebuilds ? webhookSettings(origin, el.provider.value)
+    : NO_PREBUILD;
   for (const code of [el.md, el.rst, el.html]) code.classList.toggle("muted", !ok);
   for (const code of [el.myst, el.thebe]) code.classList.toggle("muted", !ok || !target);
+  for (const code of [el.prebuildActions, el.prebuildWebhook]) {
+    code.classList.toggle("muted", !prebuilds);
+  }
   for (const button of document.querySelectorAll("[data-copy]")) {
     const needsThebe = button.dataset.copy === "snippet-myst" || button.dataset.copy === "snippet-thebe";
-    button.disabled = !ok || (needsThebe && !target);
+    const needsPrebuild = button.dataset.copy.startsWith("snippet-prebuild");
+    button.disabled = !ok || (needsThebe && !target) || (needsPrebuild && !prebuilds);
   }
   if (el.repoError.textContent && !repoProblem() && !surelyAddress(el.repo.value)) showProblem("");
 }

@@ -107,6 +107,8 @@ const el = {
 const state = {
   target: parseLaunchPath(location.pathname),
   urlpath: pathToOpen(location.search),
+  // The saved changes of an ended session this launch puts back (restore links only).
+  restore: new URLSearchParams(location.search).get("restore") || "",
   name: "",
   from: "", // "GitHub · ref main", for the line above the name
   phase: "", // the furthest phase reached, "" before the first event
@@ -131,8 +133,11 @@ const state = {
 
 // ----- small view helpers -------------------------------------------------------------
 
+// The site's name as the served page's title ends with it (an operator's brand, or ours).
+const SITE_NAME = document.title.includes(" | ") ? document.title.split(" | ").pop() : "binderless";
+
 function setTitle(text) {
-  document.title = `${text} | binderless`;
+  document.title = `${text} | ${SITE_NAME}`;
 }
 
 function setFavicon(kind) {
@@ -702,6 +707,7 @@ function connect() {
   const query = new URLSearchParams();
   if (state.lastEventId) query.set("last_event_id", state.lastEventId);
   if (state.urlpath) query.set("urlpath", state.urlpath);
+  if (state.restore) query.set("restore", state.restore);
   const resume = query.toString() ? `?${query}` : "";
   const source = new EventSource(`/build/${provider}/${spec}${resume}`);
   state.source = source;
@@ -782,7 +788,53 @@ function init() {
     return;
   }
   describe();
-  connect();
+  if (state.restore) connect();
+  else offerSavedChanges().then((offered) => { if (!offered) connect(); });
+}
+
+// ----- changes kept from an ended session (server: restore.py) ------------------------
+
+/** This browser's saved changes of this link, if the server keeps any; else null. */
+async function savedChanges() {
+  const { provider, spec } = state.target;
+  try {
+    const answer = await fetch(`/api/restores?launch=${encodeURIComponent(`v2/${provider}/${spec}`)}`,
+      { credentials: "same-origin", headers: { Accept: "application/json" } });
+    if (!answer.ok) return null;
+    const data = await answer.json();
+    return (data.restores || [])[0] || null;
+  } catch {
+    return null; // a static host, or the network blinked: launch as usual
+  }
+}
+
+/** Offer "Start again with your changes" before launching; true when offered (the
+ *  visitor's choice then starts the launch). */
+async function offerSavedChanges() {
+  const saved = await savedChanges();
+  if (!saved) return false;
+  const offer = $("restore-offer");
+  const link = new URL(saved.link, location.origin);
+  for (const name of ["labpath", "filepath", "urlpath"]) {
+    const value = new URLSearchParams(location.search).get(name);
+    if (value) link.searchParams.set(name, value);
+  }
+  const count = saved.file_count;
+  const until = new Date(saved.expires_at * 1000).toLocaleString();
+  $("restore-text").textContent = `The ${count} file${count === 1 ? "" : "s"} you created or `
+    + `changed in your last session of this link ${count === 1 ? "is" : "are"} kept for this `
+    + `browser until ${until}. Start again with them, in a new session of the same commit, `
+    + "or start from the repository.";
+  $("restore-start").href = link.pathname + link.search;
+  el.actions.hidden = true;
+  setStatus("Your changes from the last session are kept.");
+  offer.hidden = false;
+  $("restore-fresh").addEventListener("click", () => {
+    offer.hidden = true;
+    connect();
+  }, { once: true });
+  $("restore-heading").focus();
+  return true;
 }
 
 init();

@@ -14,6 +14,9 @@
   let fetchedAt = 0;
   let stopped = false;
   let pollTimer = 0;
+  // Changes kept after the session ends (server: restore.py): null until asked, then
+  // {saves, restore_days, restores: [...]}.
+  let kept = null;
 
   const bar = document.createElement("div");
   bar.id = "binderless-banner";
@@ -42,7 +45,21 @@
   projects.href = "/projects";
   projects.target = "_blank";
   styleButton(projects, false);
-  bar.append(text, keep, download, projects);
+  const restore = document.createElement("a");
+  restore.id = "binderless-restore";
+  restore.textContent = "Start again with your changes";
+  styleButton(restore, true);
+  // A link that lets another browser start again with these changes (POST .../share).
+  const share = button("Share these changes", "binderless-share");
+  styleButton(share, false);
+  const shared = document.createElement("input");
+  shared.id = "binderless-share-link";
+  shared.readOnly = true;
+  shared.setAttribute("aria-label", "Share link");
+  shared.style.cssText = "font:inherit;min-width:16rem;flex:1;padding:3px 6px";
+  let sharedLink = "";
+  let shareProblem = "";
+  bar.append(text, keep, download, projects, restore, share, shared);
 
   /** Show or hide the bar, and each of its parts ([node, visible] pairs). */
   function show(visible, ...parts) {
@@ -76,11 +93,19 @@
   function render() {
     if (!status) return;
     if (stopped) {
-      show(true, [keep, false], [download, false], [projects, status.signed_in]);
+      const saved = !status.signed_in && kept && kept.restores && kept.restores[0];
+      if (saved) restore.href = saved.link;
+      show(true, [keep, false], [download, false], [projects, status.signed_in],
+        [restore, Boolean(saved)], [share, Boolean(saved) && !sharedLink],
+        [shared, Boolean(saved) && Boolean(sharedLink)]);
       text.textContent = status.persistent
         ? "This session has stopped. Your files are kept: open the repository's link again, "
           + "or your projects page, to carry on."
-        : "This session has stopped.";
+        : saved && shareProblem ? shareProblem
+        : saved && sharedLink ? "Anyone with this link can start a session with your changes "
+          + `until ${new Date(saved.expires_at * 1000).toLocaleString()}:`
+        : saved ? "This session has stopped. The files you created or changed are kept for "
+          + "this browser." : "This session has stopped.";
       return;
     }
     const elapsed = (Date.now() - fetchedAt) / 1000;
@@ -96,12 +121,27 @@
       ? `This session reaches its time limit in ${clock(left)}.`
       : `This session stops in ${clock(left)} if it stays idle.`;
     if (left <= 0) message = "This session may stop at any moment.";
+    const days = kept && kept.saves && kept.restore_days;
     message += status.persistent
       ? ` Your files are kept in your project “${status.project}”.`
+      : days ? ` The files you create or change will be kept for this browser for ${days} `
+        + `day${days === 1 ? "" : "s"}: open its link again to start again with your changes.`
       : " Its files will be gone then.";
     text.textContent = message;
     download.href = status.download_url;
-    show(true, [keep, !byAge], [download, !status.persistent], [projects, status.signed_in]);
+    show(true, [keep, !byAge], [download, !status.persistent], [projects, status.signed_in],
+      [restore, false], [share, false], [shared, false]);
+  }
+
+  /** What the server keeps of this session once it ends, for this browser. */
+  async function askKept() {
+    try {
+      const response = await fetch(`/api/restores?session=${encodeURIComponent(session)}`,
+        { credentials: "same-origin", headers: { Accept: "application/json" } });
+      if (response.ok) kept = await response.json();
+    } catch {
+      // Not kept, as far as this page can tell.
+    }
   }
 
   async function poll(method = "GET", action = "status") {
@@ -119,6 +159,13 @@
     } catch {
       // The network blinked; the next poll tells.
     }
+    if (stopped && status && !status.signed_in) {
+      await askKept();
+      // The copy is made as the session stops, a moment after its address goes: ask again.
+      if (!(kept && kept.restores && kept.restores.length)) {
+        setTimeout(() => askKept().then(render), CLOSE_POLL_MS);
+      }
+    }
     render();
     if (!stopped) {
       const close = status && Math.min(status.idle_seconds_left, status.age_seconds_left)
@@ -126,6 +173,31 @@
       pollTimer = setTimeout(poll, close ? CLOSE_POLL_MS : POLL_MS);
     }
   }
+
+  share.addEventListener("click", async () => {
+    const saved = kept && kept.restores && kept.restores[0];
+    if (!saved) return;
+    share.disabled = true;
+    try {
+      const response = await fetch(`/api/restores/${encodeURIComponent(saved.restore_id)}/share`,
+        { method: "POST", credentials: "same-origin", headers: { Accept: "application/json" } });
+      const data = await response.json().catch(() => ({}));
+      if (response.ok && data.link) {
+        sharedLink = shared.value = data.link;
+        shareProblem = "";
+        render();
+        shared.focus();
+        shared.select();
+        navigator.clipboard?.writeText(data.link).catch(() => {});
+      } else {
+        shareProblem = data.message || "These changes could not be shared.";
+      }
+    } catch {
+      shareProblem = "The server did not answer; try again.";
+    }
+    share.disabled = false;
+    render();
+  });
 
   keep.addEventListener("click", async () => {
     keep.disabled = true;
@@ -135,7 +207,7 @@
 
   function mount() {
     document.body.append(bar);
-    poll();
+    askKept().then(() => poll());
     setInterval(render, 1000);
   }
 
