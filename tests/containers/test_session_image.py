@@ -1,23 +1,18 @@
 """A session image as the AWS mode makes and runs it: the appendix, ``session-start``, uid 1000.
 
-repo2docker adds the appendix only to images of its own buildpacks, which all need
-conda-forge, unreachable here; it ignores the appendix for a repository's Dockerfile. So
-this builds the same layers by hand: the JupyterLab fixture image, repo2docker's own
-entrypoint, then ``SESSION_START_APPENDIX`` copying ``session-start`` from the runner folder
-through the named build context, exactly as the runner passes it. The image goes through
-the local registry (ECR's stand-in) and runs as a Fargate task would: the task
-definition's command, the token and ``BINDERLESS_CHECKOUT_URL`` in the environment, uid
+The image (the ``session_image`` fixture: the JupyterLab fixture image, repo2docker's
+entrypoint and ``SESSION_START_APPENDIX``, see its docstring) goes through the local
+registry (ECR's stand-in) and runs as a Fargate task would: the task definition's command, the token and ``BINDERLESS_CHECKOUT_URL`` in the environment, uid
 1000. Jupyter listens on a loopback port (the engine has no bridge network, and Fargate's
-fixed 8888 would be the host's).
+fixed 8888 would be the host's), and the test reaches it only through binderless's session
+proxy, as visitors do: a kernel runs code over the proxied WebSocket.
 """
 
 from __future__ import annotations
 
 import functools
 import http.server
-import importlib.util
 import json
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -26,20 +21,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from binderless.aws.builder import RUNNER_CONTEXT, SESSION_START_APPENDIX
 from binderless.aws.spawner import pack_checkout
 from binderless.backends.docker import free_loopback_port, jupyter_arguments
-from binderless.backends.protocols import ImageRef, SessionSpec
-from tests.containers.conftest import ROOT, Engine, copy_repo, unique_tag
+from binderless.backends.protocols import ImageRef, Route, SessionSpec
+from tests.containers.conftest import Engine, session_proxy, unique_tag
 from tests.e2e.streams import run_code
 
 pytestmark = pytest.mark.containers
 
 TOKEN = "5e55101d" * 8
-#: repo2docker's own entrypoint and its interpreter wrapper, as its images have them
-#: (found without importing repo2docker, which warns).
-R2D_BUILDPACKS = Path(importlib.util.find_spec("repo2docker").origin or "").parent / "buildpacks"
-R2D_FILES = ("repo2docker-entrypoint", "python3-login")
 
 
 @pytest.fixture
@@ -59,20 +49,9 @@ def checkout_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 
 def test_session_image_unpacks_its_checkout_and_runs_jupyter_as_uid_1000(
-        engine: Engine, containers: list[str], tmp_path: Path,
+        engine: Engine, session_image: str, containers: list[str], tmp_path: Path,
         checkout_server: tuple[str, Path]) -> None:
-    context = copy_repo("container-jupyter", tmp_path / "image", engine.base_image)
-    for name in R2D_FILES:
-        shutil.copy2(R2D_BUILDPACKS / name, context / name)
-    dockerfile = context / "Dockerfile"
-    dockerfile.write_text(
-        dockerfile.read_text()
-        + "".join(f"COPY --chmod=0755 {name} /usr/local/bin/{name}\n" for name in R2D_FILES)
-        + SESSION_START_APPENDIX)
-    image = f"{engine.registry}/binderless-session-test:{unique_tag()}"
-    engine.docker("buildx", "build", "--network=host", "--push", "--quiet",
-                  f"--build-context={RUNNER_CONTEXT}={ROOT / 'build-runner'}",
-                  "-t", image, str(context), timeout=900)
+    image = session_image
     engine.docker("rmi", image, check=False)  # run what the registry serves
     engine.docker("pull", "--quiet", image)
 
@@ -104,9 +83,18 @@ def test_session_image_unpacks_its_checkout_and_runs_jupyter_as_uid_1000(
     code = ("import os\n"
             "print(os.getuid(), open('hello.txt').read().strip(), open('notes.md').read().strip(),"
             " 'BINDERLESS_CHECKOUT_URL' in os.environ, os.environ['BINDER_REQUEST'])")
-    out = _run_code_when_up(f"http://127.0.0.1:{port}{spec.base_url}", engine, name, code)
-    assert out == ("1000 from the session's checkout only in the checkout False "
-                   "v2/gh/owner/repo/main\n")
+    # Reached as visitors reach it: through binderless's session proxy (the gateway's),
+    # HTTP and the kernel's WebSocket alike, with the container's loopback port as target.
+    route = Route(session_id=session_id, target=f"http://127.0.0.1:{port}", token=TOKEN)
+    with session_proxy({session_id: route}) as proxy:
+        url = f"{proxy}{spec.base_url}"
+        out = _run_code_when_up(url, engine, name, code)
+        assert out == ("1000 from the session's checkout only in the checkout False "
+                       "v2/gh/owner/repo/main\n")
+        # The proxy, not Jupyter alone, guards the session: no token, no answer.
+        refused = httpx.get(f"{url}api/kernels", timeout=10)
+        assert refused.status_code == 403, refused.text
+        assert "needs its token" in refused.json()["message"]
 
 
 def _run_code_when_up(url: str, engine: Engine, name: str, code: str) -> str:

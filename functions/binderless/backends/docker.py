@@ -35,13 +35,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from ..envplan import EnvironmentPlan, plan_environment
 from ..errors import BinderlessError, BuildFailed, LaunchFailed
 from ..settings import Settings
 from .process import ProcessFailed, stream_process
 from .protocols import ImageRef, LogSink, SessionHandle, SessionSpec
+
+if TYPE_CHECKING:
+    from .docker_images import DockerImages
 
 __all__ = ["DockerBuilder", "DockerSpawner"]
 
@@ -254,6 +257,12 @@ class DockerBuilder:
     def image(self, key: str) -> ImageRef:
         name = self.image_name(key)
         return ImageRef(key=key, name=name, location=name)
+
+    def catalogue_storage(self) -> DockerImages:
+        """Its images for the environment catalogue (listed, sized, pruned)."""
+        from .docker_images import DockerImages
+
+        return DockerImages(self.settings.docker_image_prefix)
 
     async def find(self, plan: EnvironmentPlan) -> ImageRef | None:
         try:
