@@ -324,3 +324,51 @@ def launch_events(launch_id: str) -> Response:
     except BinderlessError as exc:
         return error_response(exc)
     return Response(body=document, status_code=200, headers=CORS)
+
+
+# ----- prebuilds: push webhooks and CI calls (binderless.prebuild) -----------------------
+
+@app.route("/api/prebuild", methods=["POST"],
+           content_types=["application/json", "application/x-www-form-urlencoded",
+                          "text/plain"])
+@traced
+def prebuild() -> Response:
+    """Build a pushed repository's environment on CodeBuild before anyone launches it:
+    GitHub and GitLab push webhooks and ``Authorization: Bearer`` calls, checked against
+    ``webhook_secret`` (see ``binderless.prebuild``)."""
+    from binderless.aws.prebuild import start_prebuild
+    from binderless.prebuild import (
+        NothingToBuild,
+        accepted_document,
+        authenticate,
+        check_request,
+        ignored_document,
+        too_large,
+    )
+
+    current = app.current_request
+    try:
+        if not settings().webhook_secret:
+            authenticate(current.headers, b"", "")  # off: says so
+        body: bytes = current.raw_body or b""
+        refusal = too_large(len(body), settings())  # API Gateway has read it already
+        if refusal is not None:
+            raise refusal
+        request = check_request(
+            current.headers, body, settings=settings(), registry=launch_service().providers,
+            deliveries=state(), launch_host=public_host(),
+            client_ip=current.context.get("identity", {}).get("sourceIp", ""),
+            now=time.time())
+        started = run_with_service(lambda service: start_prebuild(service, request))
+    except NothingToBuild as reason:
+        return Response(body=ignored_document(reason), status_code=200)
+    except BinderlessError as exc:
+        logger.info("prebuild refused", extra={"status": exc.status_code,
+                                               "reason": exc.message})
+        return Response(body={"message": exc.user_message(), "status_code": exc.status_code},
+                        status_code=exc.status_code)
+    document = accepted_document(started.get("launch_id", ""), request,
+                                 started["resolved_ref"], status=started["status"])
+    document.update({k: v for k, v in started.items() if k in ("key", "build_id", "image")})
+    logger.info("prebuild", extra=document)
+    return Response(body=document, status_code=202)

@@ -66,7 +66,9 @@ class ProjectService:
         if live:
             newest = live[0]
             # Inside the session only (``redirects.session_url``), where its link opened.
-            item["open_url"] = session_url(f"/user/{newest.session_id}/",
+            # On the sessions' own origin when there is one (settings.session_url).
+            origin = self.service.settings.session_url.rstrip("/")
+            item["open_url"] = session_url(f"{origin}/user/{newest.session_id}/",
                                            project.open_path or "lab", newest.token)
         return item
 

@@ -53,6 +53,8 @@ __all__ = ["LocalCodeBuildProject", "LocalFargateTasks", "LocalImage", "LocalIma
 ROOT = Path(__file__).resolve().parents[2]
 SESSION_START = ROOT / "build-runner" / "session-start"
 CONTAINER_PORT = 8888
+#: Seconds between SIGTERM and SIGKILL (ECS: the task definition's stopTimeout, 120).
+STOP_TIMEOUT_SECONDS = 30
 ClientFactory = Callable[[str], Any]
 
 #: repo2docker's entrypoint, reduced to what matters here: the image's start script
@@ -408,6 +410,10 @@ class _LocalTask:
         if image.start:
             env["R2D_ENTRYPOINT"] = str(self.home / image.start)
         env.update(self.environment)
+        # The bootstrap listener, like Jupyter, listens on the task's own address here.
+        bootstrap = env.get("BINDERLESS_BOOTSTRAP", "")
+        if bootstrap.startswith("0.0.0.0:"):
+            env["BINDERLESS_BOOTSTRAP"] = f"{self.ip}:{bootstrap.partition(':')[2]}"
         # The task names its start script by its path in the container; here $HOME is local.
         entrypoint = env.get("R2D_ENTRYPOINT", "")
         if entrypoint.startswith("/home/jovyan/"):
@@ -462,8 +468,10 @@ class _LocalTask:
             proc = self.proc
         if proc is not None:
             _kill_group(proc, signal.SIGTERM)
+            # As ECS waits the task definition's stopTimeout: session-start may upload the
+            # visitor's changes after Jupyter has ended (returns as soon as it exits).
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
+                proc.wait(timeout=STOP_TIMEOUT_SECONDS)
             # Kernels and other children of the server belong to its process group.
             _kill_group(proc, signal.SIGKILL)
             proc.wait()

@@ -16,6 +16,8 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
+import hashlib
+import json
 import logging
 import threading
 import time
@@ -344,8 +346,13 @@ def test_launch_builds_on_codebuild_and_runs_a_fargate_task(gateway: Gateway,
                                              tasks=[record.backend_id])["tasks"][0]
     override = task["overrides"]["containerOverrides"][0]
     environment = {pair["name"]: pair["value"] for pair in override["environment"]}
-    assert environment["BINDERLESS_CHECKOUT_URL"].startswith(gateway.aws("s3").meta.endpoint_url)
-    assert environment["JUPYTER_TOKEN"] == ready["token"]
+    # Nothing that opens the session is readable through the ECS API: the task got the
+    # token's hash, and the token and the checkout's URL from the gateway once it ran.
+    assert "JUPYTER_TOKEN" not in environment and "BINDERLESS_CHECKOUT_URL" not in environment
+    assert environment["BINDERLESS_TOKEN_SHA256"] == hashlib.sha256(
+        ready["token"].encode()).hexdigest()
+    assert ready["token"] not in json.dumps(task, default=str)
+    assert "X-Amz-" not in json.dumps(task, default=str)
     assert "--ip=0.0.0.0" in override["command"]
     assert gateway.state.lookup(sid).target == record.target
 
@@ -613,3 +620,46 @@ def ready_event(gateway: Gateway, launch: str) -> dict[str, Any]:
     events = [e.to_json() for _seq, e in gateway.state.read(launch)]
     assert events and events[-1]["phase"] == "ready", events
     return events[-1]
+
+
+def test_an_ended_sessions_changes_come_back_for_its_browser_only(
+        gateway: Gateway, fixture_repo: MakeRepo) -> None:
+    """An anonymous session on Fargate writes a file and changes one; it is stopped (the
+    stand-in sends SIGTERM, as StopTask does) and its task PUTs them to S3
+    (session-start); the same browser is offered them and a new launch with the restore
+    id finds both; another browser is refused, and nothing was saved in the gateway."""
+    repo = fixture_repo("python-requirements")
+    spec = file_spec(repo)
+    page = httpx.get(f"{gateway.base}/v2/{spec}")
+    cookie = {"Cookie": f"binderless_visitor={page.cookies['binderless_visitor']}"}
+    first = read_stream(gateway.build_url(spec), headers=cookie, timeout=180)
+    assert first.final["phase"] == "ready", first.text()
+    url, token = first.final["url"], first.final["token"]
+    for name, text in (("notes.txt", "written in the session\n"), ("README.md", "# mine\n")):
+        answer = httpx.put(f"{url}api/contents/{name}", headers=auth(token),
+                           json={"type": "file", "format": "text", "content": text})
+        assert answer.status_code in (200, 201), answer.text
+    sid = session_id(first.final)
+    asyncio.run_coroutine_threadsafe(gateway.service.stop_session(sid, reason="idle"),
+                                     gateway.loop).result(timeout=60)
+
+    offers = httpx.get(f"{gateway.base}/api/restores", params={"session": sid},
+                       headers=cookie).json()["restores"]
+    assert [sorted(o["files"]) for o in offers] == [["README.md", "notes.txt"]], offers
+    [offer] = offers
+    keys = [o["Key"] for o in gateway.aws("s3").list_objects_v2(
+        Bucket=BUCKET, Prefix="restores/")["Contents"]]
+    assert f"restores/{offer['restore_id']}.tar" in keys
+    assert not list((gateway.service.settings.state_dir / "restores").glob("*"))
+
+    # Another browser (no visitor cookie, or another one) cannot start from them.
+    other = read_stream(gateway.build_url(offer["link"].removeprefix("/v2/")), timeout=60)
+    assert other.final["phase"] == "failed" and other.final["status_code"] == 403, other.text()
+
+    again = read_stream(gateway.build_url(offer["link"].removeprefix("/v2/")),
+                        headers=cookie, timeout=180)
+    assert again.final["phase"] == "ready", again.text()
+    for name, text in (("notes.txt", "written in the session\n"), ("README.md", "# mine\n")):
+        found = httpx.get(f"{again.final['url']}api/contents/{name}",
+                          headers=auth(again.final["token"])).json()
+        assert found["content"] == text, found

@@ -43,6 +43,8 @@ CONTAINER_USER = "1000"
 PERSISTENT_PATH = "/home/jovyan/persistent"
 PERSISTENT_VOLUME = "persistent"
 LOG_STREAM_PREFIX = "session"
+#: Seconds between StopTask's SIGTERM and SIGKILL: the most Fargate allows.
+STOP_TIMEOUT_SECONDS = 120
 #: ECS task-definition family names: letters, digits, ``-`` and ``_``, at most 255.
 _FAMILY_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 _FAMILY_MAX = 255
@@ -90,10 +92,12 @@ def ephemeral_storage_gib(compressed_bytes: int | None) -> int | None:
 
 @dataclass(frozen=True)
 class EfsMount:
-    """A persistent home: an EFS file system and the user's access point on it."""
+    """A persistent home: an EFS file system, the user's access point on it, and the
+    user's own role, which may mount through that access point only (``aws/iam.py``)."""
 
     file_system_id: str
     access_point_id: str
+    task_role_arn: str = ""
 
 
 @dataclass(frozen=True)
@@ -235,6 +239,9 @@ class FargateTasks:
             "memory": memory,
             "memoryReservation": memory,
             "portMappings": [{"containerPort": container_port, "protocol": "tcp"}],
+            # After StopTask's SIGTERM, session-start waits for Jupyter to end and uploads
+            # the visitor's changes (aws/restores.py) before SIGKILL: Fargate's longest.
+            "stopTimeout": STOP_TIMEOUT_SECONDS,
             "logConfiguration": {"logDriver": "awslogs", "options": {
                 "awslogs-group": self.log_group,
                 "awslogs-region": self.region,

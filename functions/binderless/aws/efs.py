@@ -10,20 +10,27 @@ each persistent user gets task-definition revisions of their own (``ecs.task_fam
 Access points are found again by their ``binderless:user`` tag, and created with a
 client token derived from the user id, so two gateways creating the same user's access
 point at once get one. A file system holds at most 10,000 access points.
+
+With ``roles`` (``aws/iam.py``), each user also gets a role of their own that may mount
+through their access point only, made with it: the task role of their sessions.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import LaunchFailed, QuotaExceeded
 from ..identity import valid_user_id
-from ._errors import error_code
+from ._errors import error_code, launch_failure
 from .ecs import EfsMount
+
+if TYPE_CHECKING:
+    from .iam import HomeRoles
 
 __all__ = ["USER_TAG", "EfsAccessPoints"]
 
@@ -33,18 +40,9 @@ POSIX_ID = 1000
 CREATE_TIMEOUT = 60.0
 
 
-def _message(exc: BaseException) -> str:
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        return str(response.get("Error", {}).get("Message", "")) or str(exc)
-    return str(exc)
-
-
 def _failure(action: str, exc: BaseException) -> LaunchFailed:
-    return LaunchFailed(f"Could not {action}: {error_code(exc) or type(exc).__name__}: "
-                        f"{_message(exc)}",
-                        hint="The operator should check the EFS file system and the "
-                             "elasticfilesystem permissions of binderless.")
+    return launch_failure(action, exc, "The operator should check the EFS file system and the "
+                          "elasticfilesystem permissions of binderless.")
 
 
 class EfsAccessPoints:
@@ -52,7 +50,8 @@ class EfsAccessPoints:
 
     def __init__(self, client: Any, file_system_id: str, *, home_root: str = "/homes",
                  permissions: str = "0750", poll_interval: float = 1.0,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 roles: HomeRoles | None = None) -> None:
         if not file_system_id:
             raise ValueError("persistent homes need an EFS file system id")
         if not home_root.startswith("/"):
@@ -63,6 +62,8 @@ class EfsAccessPoints:
         self.permissions = permissions
         self.poll_interval = poll_interval
         self.sleep = sleep
+        #: Each user's own role (``None``: mounts carry no role of their own).
+        self.roles = roles
         self._known: dict[str, EfsMount] = {}
         self._lock = threading.Lock()
 
@@ -76,7 +77,11 @@ class EfsAccessPoints:
         with self._lock:
             mount = self._known.get(user_id)
             if mount is None:
-                mount = self._find(user_id) or self._create(user_id)
+                mount, arn = self._find(user_id) or self._create(user_id)
+                if self.roles is not None:
+                    mount = dataclasses.replace(mount, task_role_arn=self.roles.ensure(
+                        user_id, file_system_arn=_file_system_arn(arn, self.file_system_id),
+                        access_point_arn=arn))
                 self._known[user_id] = mount
             return mount
 
@@ -97,7 +102,7 @@ class EfsAccessPoints:
             if not token:
                 return
 
-    def _find(self, user_id: str) -> EfsMount | None:
+    def _find(self, user_id: str) -> tuple[EfsMount, str] | None:
         root = self.root_directory(user_id)
         for point in self._pages():
             tags = {t.get("Key"): t.get("Value") for t in point.get("Tags") or []}
@@ -108,10 +113,11 @@ class EfsAccessPoints:
             if (point.get("RootDirectory") or {}).get("Path") != root:
                 continue  # not made by this configuration: never reuse another home
             return self._available(str(point["AccessPointId"]),
-                                   str(point.get("LifeCycleState", "")))
+                                   str(point.get("LifeCycleState", ""))), str(
+                                       point.get("AccessPointArn", ""))
         return None
 
-    def _create(self, user_id: str) -> EfsMount:
+    def _create(self, user_id: str) -> tuple[EfsMount, str]:
         # At most 64 characters, the same for every gateway creating this user's point.
         token = "binderless-" + hashlib.sha256(
             f"{self.file_system_id}:{user_id}".encode()).hexdigest()[:40]
@@ -140,7 +146,8 @@ class EfsAccessPoints:
             if not code:
                 raise
             raise _failure("create an EFS access point for your home", exc) from exc
-        return self._available(str(point["AccessPointId"]), str(point.get("LifeCycleState")))
+        return (self._available(str(point["AccessPointId"]), str(point.get("LifeCycleState"))),
+                str(point.get("AccessPointArn", "")))
 
     def _available(self, access_point_id: str, state: str) -> EfsMount:
         deadline = time.monotonic() + CREATE_TIMEOUT
@@ -158,3 +165,13 @@ class EfsAccessPoints:
             raise LaunchFailed(f"The EFS access point of your home is {state or 'missing'}, "
                                "not available.", hint="Launch again in a minute.")
         return EfsMount(file_system_id=self.file_system_id, access_point_id=access_point_id)
+
+
+def _file_system_arn(access_point_arn: str, file_system_id: str) -> str:
+    """The file system's ARN, from the ARN of one of its access points (same partition,
+    region and account)."""
+    prefix = access_point_arn.split(":access-point/", 1)[0]
+    if not prefix.startswith("arn:") or prefix == access_point_arn:
+        raise LaunchFailed(f"EFS gave no usable access point ARN ({access_point_arn!r}).",
+                           hint="Launch again in a minute.")
+    return f"{prefix}:file-system/{file_system_id}"

@@ -1,4 +1,5 @@
-"""S3: objects in one bucket (build sources, session checkouts), and zipping a checkout.
+"""S3: objects in one bucket (build sources, session checkouts, saved changes of ended
+sessions), and zipping a checkout.
 
 CodeBuild's S3 source must be a zip archive, so ``zip_directory`` packs a checkout in a
 reproducible way: the same tree always gives the same bytes.
@@ -12,6 +13,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
+
+from ._errors import error_code
 
 __all__ = ["S3Objects", "client_config", "zip_directory"]
 
@@ -58,6 +61,44 @@ class S3Objects:
         url = self.client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=int(expires))
         return str(url)
+
+    def presigned_put(self, key: str, expires: int = 3600) -> str:
+        """A URL that uploads ``key`` (one PUT of the body, no other signed header)
+        without credentials for ``expires`` seconds; the same caveat as ``presigned_get``."""
+        url = self.client.generate_presigned_url(
+            "put_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=int(expires))
+        return str(url)
+
+    def get_bytes(self, key: str, max_bytes: int) -> bytes | None:
+        """The body of ``key``, or ``None`` when it does not exist; ``ValueError`` when it
+        is larger than ``max_bytes`` (never read whole)."""
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise
+        body = answer["Body"]
+        try:
+            if int(answer.get("ContentLength", 0)) > max_bytes:
+                raise ValueError(f"{key} is larger than {max_bytes} bytes")
+            data = bytes(body.read(max_bytes + 1))
+        finally:
+            body.close()
+        if len(data) > max_bytes:
+            raise ValueError(f"{key} is larger than {max_bytes} bytes")
+        return data
+
+    def modified_at(self, key: str) -> float | None:
+        """When ``key`` was last written (epoch seconds), or ``None`` when it does not
+        exist (a HEAD request, authorized as GetObject)."""
+        try:
+            answer = self.client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise
+        return float(answer["LastModified"].timestamp())
 
     def delete(self, key: str) -> None:
         """Delete ``key``; deleting a missing key is not an error (S3 says so too)."""

@@ -3,14 +3,15 @@
 An image is built once per environment and shared by every commit and repository with
 the same environment files, so its copy of the repository may be another commit's. The
 session's own checkout therefore travels beside it: ``start`` packs ``spec.home`` into a
-tarball, uploads it to S3 and hands the task a presigned URL in
-``BINDERLESS_CHECKOUT_URL``; the image's entrypoint wrapper (``build-runner/session-start``)
-unpacks it into the home before Jupyter starts.
+tarball, uploads it to S3 and hands the task a presigned URL; the image's entrypoint
+wrapper (``build-runner/session-start``) unpacks it into the home before Jupyter starts.
 
-Jupyter starts as in ``DockerSpawner``: the same command line, the token in
-``JUPYTER_TOKEN``, the ``BINDER_*`` variables in the environment. ``backend_id`` is the
-task ARN and ``target`` the task's private address, which only the session proxy (in the
-same VPC) can reach.
+Jupyter starts as in ``DockerSpawner``: the same command line, the ``BINDER_*`` variables
+in the environment. The token and the checkout's URL grant access to the session, so they
+never travel in RunTask (readable through ``DescribeTasks`` and CloudTrail): the task gets
+only the token's hash, and the gateway hands it both once it runs (``aws/bootstrap.py``).
+``backend_id`` is the task ARN and ``target`` the task's private address, which only the
+session proxy (in the same VPC) can reach.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ import os
 import tarfile
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from ..backends.docker import CONTAINER_PORT, jupyter_arguments, start_script_env
 from ..backends.protocols import ImageRef, LogSink, SessionHandle, SessionSpec
 from ..errors import BinderlessError, LaunchFailed
+from .bootstrap import HttpBootstrap, token_digest
 from .ecs import (
     SESSION_TAG,
     EfsMount,
@@ -39,8 +42,8 @@ from .ecs import (
     task_family,
 )
 
-__all__ = ["AccessPoints", "CheckoutObjects", "FargateSpawner", "ImageSizes", "LogReader",
-           "checkout_key", "pack_checkout"]
+__all__ = ["AccessPoints", "Bootstrap", "CheckoutObjects", "FargateSpawner", "ImageSizes",
+           "LogReader", "RestoreHandoffs", "checkout_key", "pack_checkout"]
 
 log = logging.getLogger("binderless.aws.spawner")
 
@@ -72,6 +75,24 @@ class AccessPoints(Protocol):
 
     def ensure(self, user_id: str, /) -> EfsMount:
         """The user's access point, made on first use."""
+        ...
+
+
+class RestoreHandoffs(Protocol):
+    """Saved changes' URLs for a session's task (``aws/restores.py``'s
+    ``S3RestoreShelf`` fits)."""
+
+    def handoff(self, session_id: str, /) -> dict[str, str]:
+        """``save_url``, ``save_max_bytes`` and ``restore_url``, those that apply."""
+        ...
+
+
+class Bootstrap(Protocol):
+    """Hands a running task its secrets (``aws/bootstrap.py``'s ``HttpBootstrap`` fits)."""
+
+    async def deliver(self, target: str, secrets: Mapping[str, str], /) -> bool:
+        """Deliver ``secrets`` to the task's listener at ``target``; True when it took
+        them, False when the task had them already (Jupyter answers)."""
         ...
 
 
@@ -131,7 +152,9 @@ class FargateSpawner:
                  access_points: AccessPoints | None = None,
                  image_sizes: ImageSizes | None = None,
                  home_security_groups: tuple[str, ...] = (),
-                 home_task_role_arn: str = "") -> None:
+                 home_task_role_arn: str = "",
+                 bootstrap: Bootstrap | None = None,
+                 restores: RestoreHandoffs | None = None) -> None:
         if cpu <= 0 or memory <= 0 or poll_interval < 0 or start_timeout <= 0:
             raise ValueError("cpu, memory and start_timeout must be positive, "
                              "poll_interval not negative")
@@ -147,19 +170,37 @@ class FargateSpawner:
         #: Persistent homes (``None``: sessions of signed-in users cannot start here).
         self.access_points = access_points
         #: What signed-in users' sessions run with instead of the anonymous defaults: the
-        #: security groups the file system's mount targets admit, and the role that may
-        #: mount through an access point (anonymous sessions get neither).
+        #: security groups the file system's mount targets admit, and the user's own role
+        #: (``EfsMount.task_role_arn``), which may mount through their access point only
+        #: (anonymous sessions get neither). ``home_task_role_arn`` serves a home whose
+        #: access points come without roles (tests, a hand-made configuration).
         self.home_security_groups = home_security_groups
         self.home_task_role_arn = home_task_role_arn
         #: Image sizes, to ask Fargate for the ephemeral storage a large image needs
         #: (``None``: Fargate's default 20 GiB for every image).
         self.image_sizes = image_sizes
         self._ephemeral: dict[str, int | None] = {}
+        #: How a running task gets its token and checkout URL (never through RunTask).
+        self.bootstrap: Bootstrap = bootstrap or HttpBootstrap()
+        #: Anonymous sessions save their changes and get earlier ones back through URLs
+        #: handed over with the token (``None``: they do neither).
+        self.restores = restores
 
-    def environment(self, spec: SessionSpec, checkout_url: str) -> dict[str, str]:
-        """The task's environment: the ``BINDER_*`` variables, the token, the checkout."""
-        return {**spec.environment, "JUPYTER_TOKEN": spec.token,
-                "BINDERLESS_CHECKOUT_URL": checkout_url, **start_script_env(spec)}
+    def environment(self, spec: SessionSpec) -> dict[str, str]:
+        """The task's environment (RunTask's overrides, readable through the ECS API): the
+        ``BINDER_*`` variables, the start script, where the bootstrap listener listens and
+        the token's hash, by which it knows the token the gateway delivers (``secrets``)."""
+        return {**spec.environment, **start_script_env(spec),
+                "BINDERLESS_BOOTSTRAP": f"0.0.0.0:{CONTAINER_PORT}",
+                "BINDERLESS_TOKEN_SHA256": token_digest(spec.token)}
+
+    def secrets(self, spec: SessionSpec, checkout_url: str) -> dict[str, str]:
+        """What the gateway hands the running task, never through the ECS API: the token,
+        the checkout's URL and, for an anonymous session, where it saves its changes and
+        where it finds the earlier ones it should put back."""
+        handoff = self.restores.handoff(spec.session_id) if (
+            self.restores is not None and spec.project is None) else {}
+        return {**handoff, "token": spec.token, "checkout_url": checkout_url}
 
     async def start(self, spec: SessionSpec, log_line: LogSink) -> SessionHandle:
         if spec.image.location.startswith("/"):
@@ -181,7 +222,7 @@ class FargateSpawner:
         def run() -> str:
             return self.tasks.run(
                 family,
-                environment=self.environment(spec, url),
+                environment=self.environment(spec),
                 command=jupyter_arguments(spec),
                 # A retried start (or a retried request) finds the first task, never a second.
                 client_token=spec.session_id,
@@ -202,7 +243,7 @@ class FargateSpawner:
                  f"of {spec.image.name}\n")
         handle = SessionHandle(spec.session_id, "", task_arn)
         try:
-            ip = await asyncio.wait_for(self._wait_running(task_arn, log_line),
+            ip = await asyncio.wait_for(self._wait_started(task_arn, spec, url, log_line),
                                         timeout=self.start_timeout)
         except TimeoutError:
             await self._stop_quietly(handle, "binderless: did not start in time")
@@ -221,13 +262,17 @@ class FargateSpawner:
         """The owner's EFS access point, for a signed-in user's project."""
         if spec.project is None:
             return None
-        if self.access_points is None or not (self.home_security_groups
-                                              and self.home_task_role_arn):
+        hint = ("The operator should set BINDERLESS_EFS_FILE_SYSTEM_ID, "
+                "BINDERLESS_HOME_SECURITY_GROUPS, BINDERLESS_HOME_ROLE_PATH and "
+                "BINDERLESS_HOME_ROLE_BOUNDARY (the stack sets them).")
+        if self.access_points is None or not self.home_security_groups:
             raise LaunchFailed("This server keeps no files for signed-in users on AWS.",
-                               hint="The operator should set BINDERLESS_EFS_FILE_SYSTEM_ID, "
-                                    "BINDERLESS_HOME_SECURITY_GROUPS and "
-                                    "BINDERLESS_HOME_TASK_ROLE_ARN (the stack sets them).")
-        return await asyncio.to_thread(self.access_points.ensure, spec.project.owner)
+                               hint=hint)
+        mount = await asyncio.to_thread(self.access_points.ensure, spec.project.owner)
+        if not (mount.task_role_arn or self.home_task_role_arn):
+            raise LaunchFailed("This server has no role for signed-in users' sessions.",
+                               hint=hint)
+        return mount
 
     def ephemeral_gib(self, image: ImageRef) -> int | None:
         """The ephemeral storage (GiB) tasks of ``image`` ask for; ``None``: Fargate's 20.
@@ -256,7 +301,8 @@ class FargateSpawner:
         request = self.tasks.task_definition(image.location, family="", cpu=self.cpu,
                                              memory=self.memory, container_port=CONTAINER_PORT,
                                              efs=efs, ephemeral_gib=ephemeral_gib,
-                                             task_role_arn=self.home_task_role_arn
+                                             task_role_arn=(efs.task_role_arn
+                                                            or self.home_task_role_arn)
                                              if efs else None)
         family = task_family(self.family_prefix, f"{image.key}-{definition_digest(request)}",
                              efs)
@@ -282,6 +328,15 @@ class FargateSpawner:
             with contextlib.suppress(OSError):
                 os.unlink(name)
         return self.objects.presigned_get(key, self.checkout_url_seconds)
+
+    async def _wait_started(self, task_arn: str, spec: SessionSpec, checkout_url: str,
+                            log_line: LogSink) -> str:
+        """Wait for the task to run, then hand it its secrets; returns its address."""
+        ip = await self._wait_running(task_arn, log_line)
+        if not await self.bootstrap.deliver(f"http://{ip}:{CONTAINER_PORT}",
+                                            self.secrets(spec, checkout_url)):
+            log.info("task %s had its secrets already (a resumed launch)", task_arn)
+        return ip
 
     async def _wait_running(self, task_arn: str, log_line: LogSink) -> str:
         said = ""

@@ -25,8 +25,10 @@ from .dynamodb import DynamoState
 from .ecr import EcrRegistry
 from .ecs import FargateTasks
 from .efs import EfsAccessPoints
+from .iam import HomeRoles
 from .logs import LogReader
 from .metrics import CloudWatchObserver
+from .restores import S3RestoreShelf
 from .s3 import S3Objects
 from .spawner import FargateSpawner
 
@@ -101,8 +103,13 @@ def aws_service(settings: Settings, client_factory: ClientFactory,
     # Signed-in users' homes: their EFS access points for the tasks, and the file
     # system's home root as the gateway mounts it (workspaces_dir) for their projects.
     homes = settings.workspaces_root if settings.efs_file_system_id else None
+    # Each user's role, made with their access point, may mount only that one (iam.py).
+    roles = HomeRoles(client_factory("iam"), path=settings.home_role_path,
+                      boundary_arn=settings.home_role_boundary) if (
+        homes and settings.home_role_path and settings.home_role_boundary) else None
     access_points = EfsAccessPoints(client_factory("efs"), settings.efs_file_system_id,
-                                    home_root=settings.efs_home_root) if homes else None
+                                    home_root=settings.efs_home_root,
+                                    roles=roles) if homes else None
     spawner = FargateSpawner(tasks, objects, logs, cpu=settings.session_cpu,
                              memory=settings.session_memory, access_points=access_points,
                              image_sizes=registry,
@@ -111,6 +118,8 @@ def aws_service(settings: Settings, client_factory: ClientFactory,
     if seams.poll_interval is not None:
         state.poll_interval = builder.poll_interval = seams.poll_interval
         spawner.poll_interval = seams.poll_interval
+        if roles is not None:
+            roles.settle_seconds = seams.poll_interval
     service = LaunchService(
         settings, providers=providers, store=state, routes=state, events=state,
         fetcher=LocalFetcher(settings.state_dir / "repos", archives=providers.get),
@@ -119,4 +128,10 @@ def aws_service(settings: Settings, client_factory: ClientFactory,
         if homes else None,
     )
     service.observer = CloudWatchObserver()  # launch and build metrics, as log lines
+    # Saved changes of anonymous sessions: records and tars in the bucket, saved by the
+    # tasks themselves (aws/restores.py). A tar may come until the oldest a session gets.
+    service.restores = spawner.restores = S3RestoreShelf(
+        objects, days=settings.restore_days, max_bytes=settings.restore_max_bytes,
+        pending_seconds=settings.max_age_seconds + spawner.start_timeout + 3600,
+        clock=lambda: service.clock())
     return service

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.ecs.models import ecs_backends
 from moto.moto_api import state_manager
 
+from binderless.aws.bootstrap import BOOTSTRAP_HEADER, BOOTSTRAP_PATH
 from binderless.aws.dynamodb import table_definition
 from binderless.aws.ecs import PERSISTENT_PATH
 from binderless.aws.wiring import aws_service
@@ -93,6 +95,14 @@ class Ready(BaseHTTPRequestHandler):
         self.send_header("Content-Length", "2")
         self.end_headers()
         self.wfile.write(b"{}")
+
+    def do_POST(self) -> None:
+        """session-start's bootstrap listener: takes the token and the checkout's URL."""
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200 if self.path == BOOTSTRAP_PATH else 404)
+        self.send_header(BOOTSTRAP_HEADER, "1")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
 
 @pytest.fixture
@@ -173,7 +183,17 @@ def cloud(tmp_path: Path, task_server: None) -> Iterator[Cloud]:
             state_manager.unset_transition("ecs::task")
 
 
-HOME_ROLE = "arn:aws:iam::123456789012:role/home-sessions"
+ROLE_PATH = "/binderless-homes/test/"
+SESSIONS = "https://sessions.binder.example"
+
+
+def boundary(cloud: Cloud) -> str:
+    """The stack's permissions boundary of users' roles (its content matters not here:
+    tests/functional/infra/test_home_roles.py evaluates it)."""
+    document = {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Action": "elasticfilesystem:ClientMount", "Resource": "*"}]}
+    return str(cloud.clients["iam"].create_policy(
+        PolicyName="home-boundary", PolicyDocument=json.dumps(document))["Policy"]["Arn"])
 
 
 def gateway(cloud: Cloud, tmp_path: Path) -> LaunchService:
@@ -184,9 +204,10 @@ def gateway(cloud: Cloud, tmp_path: Path) -> LaunchService:
         security_groups=(cloud.clients["group"],),
         execution_role_arn="arn:aws:iam::123456789012:role/exec",
         task_role_arn="arn:aws:iam::123456789012:role/task",
-        home_task_role_arn=HOME_ROLE, home_security_groups=(cloud.clients["home_group"],),
+        home_role_path=ROLE_PATH, home_role_boundary=boundary(cloud),
+        home_security_groups=(cloud.clients["home_group"],),
         efs_file_system_id=cloud.file_system, workspaces_dir=str(cloud.homes),
-        max_projects_per_user=5, allow_local_paths=False)
+        max_projects_per_user=5, allow_local_paths=False, session_url=SESSIONS)
     from binderless.aws.wiring import Overrides
 
     service = aws_service(settings, cloud.client, Overrides(
@@ -238,6 +259,10 @@ def test_persistent_homes_on_efs(cloud: Cloud, tmp_path: Path) -> None:
         # The first persistent launch makes the user's access point and task definition.
         first = await launch(service, "analysis/HEAD", "alice")
         assert "Created your project folder 'analysis'" in first["log"]
+        # Served from the sessions' own origin (the stack's BINDERLESS_SESSION_URL), which
+        # never sees the sign-in cookie; the launch host stays the site's.
+        assert first["url"] == f"{SESSIONS}/user/{first['url'].split('/')[4]}/"
+        assert first["binder_launch_host"] == "https://binder.example/"
         [point] = access_points(cloud)
         assert {"Key": "binderless:user", "Value": "alice"} in point["Tags"]
         assert point["PosixUser"] == {"Uid": 1000, "Gid": 1000}
@@ -257,7 +282,15 @@ def test_persistent_homes_on_efs(cloud: Cloud, tmp_path: Path) -> None:
         assert f"--ServerApp.root_dir={PERSISTENT_PATH}/analysis" in command
         # Only signed-in users' sessions get the role that may mount through an access
         # point, and the security group the mount targets admit.
-        assert registered["taskRoleArn"] == HOME_ROLE
+        # Alice's own role: under the stack's path, with its boundary, its policy naming
+        # her access point only.
+        role_name = registered["taskRoleArn"].rsplit("/", 1)[-1]
+        role = cloud.clients["iam"].get_role(RoleName=role_name)["Role"]
+        assert role["Arn"] == registered["taskRoleArn"] and role["Path"] == ROLE_PATH
+        assert {"Key": "binderless:user", "Value": "alice"} in role["Tags"]
+        policy = cloud.clients["iam"].get_role_policy(RoleName=role_name, PolicyName="home")
+        assert policy["PolicyDocument"]["Statement"][0]["Condition"] == {"StringEquals": {
+            "elasticfilesystem:AccessPointArn": point["AccessPointArn"]}}
         network = run_task["networkConfiguration"]["awsvpcConfiguration"]
         assert network["securityGroups"] == [cloud.clients["home_group"]]
 
@@ -296,6 +329,8 @@ def test_persistent_homes_on_efs(cloud: Cloud, tmp_path: Path) -> None:
                 if {"Key": "binderless:user", "Value": "bob"} in p["Tags"]]
         assert len(bobs) == 1 and bobs[0]["RootDirectory"]["Path"] == "/homes/bob"
         assert cloud.calls["RegisterTaskDefinition"][1]["family"] != registered["family"]
+        bob_role = cloud.calls["RegisterTaskDefinition"][1]["taskRoleArn"]
+        assert bob_role != registered["taskRoleArn"] and f"role{ROLE_PATH}" in bob_role
 
         # Deleting one project removes its folder and no other.
         await launch(service, "thesis/HEAD", "alice")
@@ -307,6 +342,8 @@ def test_persistent_homes_on_efs(cloud: Cloud, tmp_path: Path) -> None:
         assert (cloud.homes / "bob" / "analysis" / "analysis.ipynb").exists()
         listing = await projects.listing(alice)
         assert [p["name"] for p in listing["projects"]] == ["thesis"]
+        [thesis] = listing["projects"]
+        assert thesis["open_url"].startswith(f"{SESSIONS}/user/")  # the projects page's Open
         # Its session was stopped first; the access point (the whole home) stays.
         assert all(r.repo_url != "https://example.org/analysis" or r.owner != "alice"
                    for r in service.store.sessions("starting", "running"))

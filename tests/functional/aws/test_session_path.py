@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gzip
+import hashlib
 import http.server
 import io
+import json
 import os
 import subprocess
 import sys
@@ -22,7 +24,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -36,6 +38,7 @@ from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.ecs.models import ecs_backends
 from moto.moto_api import state_manager
 
+from binderless.aws.bootstrap import HttpBootstrap
 from binderless.aws.ecr import EcrRegistry
 from binderless.aws.ecs import (
     EfsMount,
@@ -58,7 +61,8 @@ CLUSTER = "binderless-sessions"
 LOG_GROUP = "/binderless/sessions"
 BUCKET = "binderless-checkouts"
 IMAGE_URI = "123456789012.dkr.ecr.us-east-1.amazonaws.com/binderless/env:0123456789abcdef0123"
-TASK_IP = "10.0.1.25"
+# Never contacted (the bootstrap is recorded, not sent); loopback all the same.
+TASK_IP = "127.0.0.125"
 EXECUTION_ROLE = "arn:aws:iam::123456789012:role/execution"
 TASK_ROLE = "arn:aws:iam::123456789012:role/session"
 
@@ -203,8 +207,21 @@ def checkout(tmp_path: Path) -> Path:
     return home
 
 
+class Delivered:
+    """The bootstrap as the spawner sees it, recording what it would hand each task."""
+
+    def __init__(self, answer: bool = True) -> None:
+        self.answer = answer
+        self.calls: list[tuple[str, dict[str, str]]] = []
+
+    async def deliver(self, target: str, secrets: Mapping[str, str]) -> bool:
+        self.calls.append((target, dict(secrets)))
+        return self.answer
+
+
 def spawner(aws: Aws, **kwargs: Any) -> FargateSpawner:
     kwargs.setdefault("poll_interval", 0)
+    kwargs.setdefault("bootstrap", Delivered())
     return FargateSpawner(aws.tasks(), MotoObjects(aws.s3), MotoLogs(aws.logs), cpu=1024,
                           memory=4096, **kwargs)
 
@@ -539,11 +556,22 @@ def test_spawner_starts_a_task_and_returns_its_address(aws: Aws, tmp_path: Path)
     [task] = aws.ecs.describe_tasks(cluster=CLUSTER, tasks=[handle.backend_id],
                                     include=["TAGS"])["tasks"]
     env = env_of(task["overrides"])
-    url = env.pop("BINDERLESS_CHECKOUT_URL")
-    # The session names its own start script (images are shared across commits).
+    # The session names its own start script (images are shared across commits). The
+    # token and the checkout's URL are not in RunTask (DescribeTasks shows overrides to
+    # anyone allowed to call it): the task gets the token's hash, and both once it runs.
     entrypoint = f"/home/jovyan/{spec.start_script}" if spec.start_script else ""
-    assert env == {"JUPYTER_TOKEN": spec.token, "R2D_ENTRYPOINT": entrypoint, **spec.environment}
+    assert env == {"R2D_ENTRYPOINT": entrypoint, **spec.environment,
+                   "BINDERLESS_BOOTSTRAP": "0.0.0.0:8888",
+                   "BINDERLESS_TOKEN_SHA256": hashlib.sha256(spec.token.encode()).hexdigest()}
+    [(target, secrets)] = fargate.bootstrap.calls  # type: ignore[attr-defined]
+    assert target == f"http://{TASK_IP}:8888"
+    assert secrets["token"] == spec.token
+    url = secrets["checkout_url"]
     assert url.startswith(f"https://{BUCKET}.s3.amazonaws.com/checkouts/{spec.session_id}.tar.gz?")
+    everything = json.dumps([task, aws.ecs.describe_task_definition(
+        taskDefinition=task["taskDefinitionArn"])], default=str)
+    assert spec.token not in everything and "X-Amz-Signature" not in everything
+    assert "checkouts/" not in everything
     command = task["overrides"]["containerOverrides"][0]["command"]
     assert command == jupyter_arguments(spec)  # the docker spawner's command line
     assert command[:2] == ["jupyter", "lab"]
@@ -681,7 +709,7 @@ def test_capacity_refusal_reaches_the_caller_and_starts_nothing(aws: Aws,
                                                                 tmp_path: Path) -> None:
     client = boto3.client("ecs", region_name=REGION)
     fargate = FargateSpawner(aws.tasks(client=client), MotoObjects(aws.s3), MotoLogs(aws.logs),
-                             poll_interval=0)
+                             poll_interval=0, bootstrap=Delivered())
     spec = session_spec(checkout(tmp_path))
     with Stubber(client) as stub:
         stub.add_response("run_task", {"tasks": [], "failures": [{
@@ -870,7 +898,7 @@ def test_a_prepared_image_starts_with_one_call_and_a_deregistered_one_registers_
     # first can be started with the second's settings; one never prepared is registered
     # by its first start.
     bigger = FargateSpawner(aws.tasks(), MotoObjects(aws.s3), MotoLogs(aws.logs), cpu=2048,
-                            memory=4096, poll_interval=0)
+                            memory=4096, poll_interval=0, bootstrap=Delivered())
     assert bigger.task_definition(spec.image)[0] != fargate.task_definition(spec.image)[0]
     calls.clear()
     handle = asyncio.run(bigger.start(session_spec(checkout(tmp_path / "2"), "fedcba9876543210"),
@@ -884,7 +912,8 @@ def test_a_prepared_image_starts_with_one_call_and_a_deregistered_one_registers_
 def test_a_missing_or_deregistered_definition_is_registered_again(message: str, aws: Aws,
                                                                   tmp_path: Path) -> None:
     tasks, stub = stubbed_tasks()
-    fargate = FargateSpawner(tasks, MotoObjects(aws.s3), MotoLogs(None), poll_interval=0)
+    fargate = FargateSpawner(tasks, MotoObjects(aws.s3), MotoLogs(None), poll_interval=0,
+                             bootstrap=Delivered())
     running = {"taskArn": TASK_ARN, "lastStatus": "RUNNING", "desiredStatus": "RUNNING",
                "attachments": [{"type": "ElasticNetworkInterface", "details": [
                    {"name": "privateIPv4Address", "value": TASK_IP}]}]}
@@ -897,3 +926,80 @@ def test_a_missing_or_deregistered_definition_is_registered_again(message: str, 
         handle = asyncio.run(fargate.start(session_spec(checkout(tmp_path)), lambda _line: None))
         stub.assert_no_pending_responses()
     assert handle.backend_id == TASK_ARN
+
+
+# ----- the bootstrap: the token and the checkout's URL never travel in RunTask ----------
+
+
+def bootstrap_env(home: Path, port: int, token: str, **extra: str) -> dict[str, str]:
+    return {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "HOME": str(home), "BINDERLESS_BOOTSTRAP": f"127.0.0.1:{port}",
+            "BINDERLESS_TOKEN_SHA256": hashlib.sha256(token.encode()).hexdigest(), **extra}
+
+
+def free_loopback_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+REPORT = ('echo "$JUPYTER_TOKEN" > token.txt; '
+          'echo "${BINDERLESS_CHECKOUT_URL-unset} ${BINDERLESS_TOKEN_SHA256-unset}" > rest.txt')
+
+
+def test_session_start_takes_its_key_from_the_gateway_only(
+        tmp_path: Path, http_files: Callable[[dict[str, bytes]], str]) -> None:
+    """The task's listener refuses a token other than the one RunTask named by its hash,
+    takes the right one with the checkout's URL, then runs the command with the token."""
+    tarball = tmp_path / "checkout.tar.gz"
+    pack_checkout(checkout(tmp_path), tarball, start_script="binder/start")
+    base = http_files({"/checkout.tar.gz": tarball.read_bytes()})
+    home = image_home(tmp_path)
+    port = free_loopback_port()
+    token = "a" * 64
+    proc = subprocess.Popen(["sh", str(SESSION_START), "sh", "-c", REPORT], cwd=home,
+                            env=bootstrap_env(home, port, token), stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        bootstrap = HttpBootstrap(retry_seconds=0.05)
+        target = f"http://127.0.0.1:{port}"
+        with pytest.raises(LaunchFailed, match="refused the key"):
+            asyncio.run(asyncio.wait_for(bootstrap.deliver(
+                target, {"token": "b" * 64, "checkout_url": f"{base}/evil.tar.gz"}), 20))
+        assert asyncio.run(asyncio.wait_for(bootstrap.deliver(
+            target, {"token": token, "checkout_url": f"{base}/checkout.tar.gz"}), 20)) is True
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "refused a key that is not this session's" in stderr
+    assert (home / "token.txt").read_text() == token + "\n"
+    assert (home / "rest.txt").read_text() == "unset unset\n"  # neither reaches Jupyter
+    assert (home / "README.md").read_text() == "the session's commit\n"  # the checkout
+
+
+def test_session_start_never_starts_jupyter_without_its_key(tmp_path: Path) -> None:
+    home = image_home(tmp_path)
+    port = free_loopback_port()
+    # The gateway never comes: the task stops, the command never runs.
+    env = bootstrap_env(home, port, "t", BINDERLESS_BOOTSTRAP_TIMEOUT="0.3")
+    done = subprocess.run(["sh", str(SESSION_START), "sh", "-c", REPORT], cwd=home, env=env,
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 1
+    assert "did not hand this session its key" in done.stderr
+    assert not (home / "token.txt").exists()
+    # No hash to check a key against: nothing is accepted, nothing runs.
+    env["BINDERLESS_TOKEN_SHA256"] = ""
+    done = subprocess.run(["sh", str(SESSION_START), "sh", "-c", REPORT], cwd=home, env=env,
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 1 and "not a SHA-256" in done.stderr
+    assert not (home / "token.txt").exists()
+
+
+def test_a_task_that_serves_jupyter_already_is_not_bootstrapped_again(
+        http_files: Callable[[dict[str, bytes]], str]) -> None:
+    """A launch resumed by another gateway: Jupyter (no listener's marker) answers."""
+    base = http_files({})
+    assert asyncio.run(asyncio.wait_for(HttpBootstrap().deliver(
+        base, {"token": "t", "checkout_url": ""}), 20)) is False

@@ -54,6 +54,9 @@ _SUB = re.compile(r"\$\{([A-Za-z0-9]+)(?:\.([A-Za-z0-9.]+))?\}")
 
 
 def stand_in(name: str, attribute: str | None = None) -> str:
+    if attribute == "Arn":
+        # ARN-shaped: moto checks the ARNs of managed policies' statements.
+        return f"arn:aws:moto-ignored:us-east-1:123456789012:{name}"
     return f"moto-ignored:{name}" + (f".{attribute}" if attribute else "")
 
 

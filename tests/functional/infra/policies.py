@@ -6,6 +6,8 @@ change to infra/ that breaks a rule fails the tests.
 
 from __future__ import annotations
 
+import fnmatch
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -202,9 +204,8 @@ def _statements_of(template: Template, role: str) -> list[dict[str, Any]]:
 
 def session_isolation(template: Template) -> list[str]:
     """Anonymous sessions: a role with no EFS permission and a security group the mount
-    targets do not admit. Signed-in users' sessions: EFS only through an access point
-    that is not the gateway's view of every home. The file system: no mount without an
-    access point."""
+    targets do not admit. Signed-in users' sessions: a role of their own (``_home_roles``).
+    The file system: no mount without an access point."""
     resources = template["Resources"]
     if "GatewayTaskDefinition" not in resources:
         return []  # (the assets stack runs no session)
@@ -224,19 +225,7 @@ def session_isolation(template: Template) -> list[str]:
                 source = set(_refs(rule.get("SourceSecurityGroupId")))
                 if source & anonymous_groups or "CidrIp" in rule:
                     found.append(f"{name}: {group} admits anonymous sessions ({rule})")
-    home_role = env["BINDERLESS_HOME_TASK_ROLE_ARN"]["Fn::GetAtt"][0]
-    for st in _statements_of(template, home_role):
-        actions = [a for a in _listed(st.get("Action", [])) if a.startswith(
-            ("elasticfilesystem:", "*"))]
-        if st.get("Effect") != "Allow" or not actions:
-            continue
-        condition = st.get("Condition", {})
-        if "elasticfilesystem:AccessPointArn" not in str(condition.get("ArnLike", {})):
-            found.append(f"{home_role}: {actions} without an access point")
-        if "HomesAccessPoint" not in str(condition.get("ArnNotEquals", {})):
-            found.append(f"{home_role}: may mount the gateway's view of every home")
-        if "elasticfilesystem:ClientRootAccess" in actions:
-            found.append(f"{home_role}: root access to the file system")
+    found += _home_roles(template, env)
     for name, resource in resources.items():
         if resource["Type"] != "AWS::EFS::FileSystem":
             continue
@@ -245,6 +234,68 @@ def session_isolation(template: Template) -> list[str]:
         if not any(st.get("Condition", {}).get("Null", {}).get(
                 "elasticfilesystem:AccessPointArn") == "true" for st in denies):
             found.append(f"{name}: mounts without an access point are not denied")
+    return found
+
+
+#: What may change a role or what it may do: the gateway gets only the first two, with the
+#: home roles' boundary, under their path.
+ROLE_MAKING = {"iam:CreateRole", "iam:PutRolePolicy", "iam:AttachRolePolicy",
+               "iam:PutRolePermissionsBoundary", "iam:DeleteRolePermissionsBoundary",
+               "iam:DeleteRolePolicy", "iam:DetachRolePolicy", "iam:UpdateAssumeRolePolicy",
+               "iam:CreatePolicy", "iam:CreatePolicyVersion", "iam:SetDefaultPolicyVersion"}
+MOUNTS = ("elasticfilesystem:Client", "elasticfilesystem:*", "*")
+HOME_ROLES_PATH = "role/binderless-homes/${AWS::StackName}/*"
+
+
+def _home_roles(template: Template, env: dict[str, Any]) -> list[str]:
+    """Signed-in users' sessions: no role of the template mounts homes but the gateway's
+    (a role shared by every user's sessions could mount any user's home); each user's
+    role is made by the gateway, which may make roles only under the home roles' path and
+    only with their boundary; the boundary allows mounts through an access point other
+    than the gateway's view of every home, and nothing else."""
+    resources = template["Resources"]
+    found = []
+    gateway = template["Resources"]["GatewayTaskDefinition"]["Properties"]["TaskRoleArn"][
+        "Fn::GetAtt"][0]
+    for name, resource in resources.items():
+        if resource["Type"] != "AWS::IAM::Role":
+            continue
+        for st in _statements_of(template, name):
+            if st.get("Effect") != "Allow":
+                continue
+            actions = _listed(st.get("Action", []))
+            if name != gateway and any(a.startswith(MOUNTS) for a in actions):
+                found.append(f"{name}: a role of the template may mount homes {actions}")
+            for action in actions:
+                if not (action in ROLE_MAKING or action in ("iam:*", "*")):
+                    continue
+                if name != gateway or action not in ("iam:CreateRole", "iam:PutRolePolicy"):
+                    found.append(f"{name}: may {action}")
+                    continue
+                condition = st.get("Condition", {}).get("StringEquals", {})
+                if condition.get("iam:PermissionsBoundary") != env.get(
+                        "BINDERLESS_HOME_ROLE_BOUNDARY"):
+                    found.append(f"{name}: may {action} without the home roles' boundary")
+                if not all(HOME_ROLES_PATH in str(r) for r in _listed(st.get("Resource"))):
+                    found.append(f"{name}: may {action} outside the home roles' path")
+    if env.get("BINDERLESS_HOME_ROLE_PATH") != {
+            "Fn::Sub": "/binderless-homes/${AWS::StackName}/"}:
+        found.append(f"the gateway makes home roles under {env.get('BINDERLESS_HOME_ROLE_PATH')}")
+    boundary = (env.get("BINDERLESS_HOME_ROLE_BOUNDARY") or {}).get("Ref")
+    if resources.get(boundary, {}).get("Type") != "AWS::IAM::ManagedPolicy":
+        return [*found, f"no permissions boundary for users' roles ({boundary})"]
+    for st in _listed(resources[boundary]["Properties"]["PolicyDocument"]["Statement"]):
+        if st.get("Effect") != "Allow":
+            continue
+        actions = _listed(st.get("Action", []))
+        extra = set(actions) - {"elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"}
+        if extra:
+            found.append(f"{boundary}: allows {sorted(extra)}")
+        condition = st.get("Condition", {})
+        if "elasticfilesystem:AccessPointArn" not in str(condition.get("ArnLike", {})):
+            found.append(f"{boundary}: {actions} without an access point")
+        if "HomesAccessPoint" not in str(condition.get("ArnNotEquals", {})):
+            found.append(f"{boundary}: may mount the gateway's view of every home")
     return found
 
 
@@ -410,6 +461,60 @@ def launch_rate_limit(rendered: Template) -> list[str]:
     return found
 
 
+#: Paths of the site, signing in, a person's projects and launches: never on the sessions'
+#: origin. A session's path: only there.
+NOT_SESSIONS = ("/", "/index.html", "/auth/login", "/auth/callback", "/api/me", "/api/projects",
+                "/projects", "/build/gh/org/repo/HEAD", "/v2/gh/org/repo/HEAD", "/api/launches")
+SESSION_PATH = "/user/0123456789abcdef/lab/tree/index.ipynb"
+
+
+def _serving(config: dict[str, Any], path: str) -> dict[str, Any]:
+    """The behaviour CloudFront picks for ``path``: the first pattern that matches."""
+    for behaviour in config.get("CacheBehaviors", []):
+        if fnmatch.fnmatchcase(path, behaviour["PathPattern"]):
+            return behaviour  # type: ignore[no-any-return]
+    return config["DefaultCacheBehavior"]  # type: ignore[no-any-return]
+
+
+def _reaches_gateway(behaviour: dict[str, Any]) -> bool:
+    """Whether requests of ``behaviour`` reach the gateway (a viewer-request function that
+    answers them itself stops them at the edge)."""
+    answered = any(f.get("EventType") == "viewer-request"
+                   for f in behaviour.get("FunctionAssociations", []))
+    return behaviour["TargetOriginId"] == "gateway" and not answered
+
+
+def session_origin(template: Template) -> list[str]:
+    """Sessions run a repository's JavaScript: they are served from a distribution of their
+    own, under another name, that serves nothing else, while the main distribution (the
+    sign-in cookie's origin) serves no session; the gateway builds session URLs on it."""
+    resources = template["Resources"]
+    if "Distribution" not in resources:
+        return []
+    found = []
+    main = resources["Distribution"]["Properties"]["DistributionConfig"]
+    if _reaches_gateway(_serving(main, SESSION_PATH)):
+        found.append("the main distribution serves sessions (/user/*)")
+    url = str(_gateway_environment(template).get("BINDERLESS_SESSION_URL", ""))
+    named = set(re.findall(r"\$\{(\w+)\.DomainName\}", url))
+    others = [n for n in named if n != "Distribution"
+              and resources.get(n, {}).get("Type") == "AWS::CloudFront::Distribution"]
+    if "Distribution" in named or "${DomainName}" in url or not others:
+        return [*found, f"session URLs are not on a distribution of their own ({url})"]
+    for name in others:
+        config = resources[name]["Properties"]["DistributionConfig"]
+        if "DomainName" in set(_refs(config.get("Aliases"))):
+            found.append(f"{name}: shares the site's name (DomainName)")
+        serving = _serving(config, SESSION_PATH)
+        if not _reaches_gateway(serving):
+            found.append(f"{name}: does not carry sessions to the gateway")
+        elif serving.get("OriginRequestPolicyId") != "216adef6-5c7f-47e4-b989-5492eafa07d3":
+            found.append(f"{name}: sessions without every viewer header (WebSockets)")
+        found += [f"{name}: serves {path} from the gateway" for path in NOT_SESSIONS
+                  if _reaches_gateway(_serving(config, path))]
+    return found
+
+
 CHECKS = {
     "wildcard actions": wildcard_actions,
     "unscoped resources": unscoped_resources,
@@ -418,6 +523,7 @@ CHECKS = {
     "session isolation": session_isolation,
     "public buckets": public_buckets,
     "exposed load balancers": exposed_load_balancers,
+    "session origin": session_origin,
 }
 #: Checks of a template rendered for one set of parameters (``binderless.deploy.estimate
 #: .render``): they need the conditions decided.

@@ -66,10 +66,15 @@ def test_moto_ignores_only_the_listed_types(dry_run: DryRun) -> None:
 
 def test_the_stack_deploys_and_names_what_the_control_plane_uses(dry_run: DryRun, moto: None,
                                                                 tmp_path: Path) -> None:
-    stack = create(dry_run)
+    # moto's CloudFormation makes no secret: the cookie key (which also signs anonymous
+    # visitors' cookies, so it is there without sign-in) is made here, as it would be.
+    cookie_key = boto3.client("secretsmanager", region_name=REGION).create_secret(
+        Name="cookie-key", SecretString="k" * 64)["ARN"]
+    stack = create(dry_run, provided={"SignInCookieKey": cookie_key})
     assert stack["StackStatus"] == "CREATE_COMPLETE"
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
     env = gateway_environment()
+    assert env["BINDERLESS_AUTH_SECRET"] == f"secretsmanager:{cookie_key}"
     assert env["BINDERLESS_PUBLIC_URL"] == f"https://{stand_in('Distribution', 'DomainName')}"
     settings = load_settings(env)
     assert settings.mode == "aws"
@@ -234,8 +239,15 @@ def test_sign_in_names_the_user_pool_its_secrets_and_the_homes(dry_run: DryRun, 
     assert service_.settings.oidc_client_secret == "s3cr3t"
     assert service_.workspaces is not None and service_.workspaces.root == homes
     points = service_.spawner.access_points  # type: ignore[attr-defined]
+    points.roles.settle_seconds = 0  # (IAM's propagation is a real account's)
     mount = points.ensure("u" + "0" * 31)
     assert mount.file_system_id == settings.efs_file_system_id
+    # The person's own role, under the stack's path, capped by the stack's boundary.
+    role = boto3.client("iam", region_name=REGION).get_role(
+        RoleName=mount.task_role_arn.rsplit("/", 1)[-1])["Role"]
+    assert role["Path"] == env["BINDERLESS_HOME_ROLE_PATH"]
+    assert role["PermissionsBoundary"]["PermissionsBoundaryArn"] == env[
+        "BINDERLESS_HOME_ROLE_BOUNDARY"]
 
     # The functions get none of it.
     lambda_client = boto3.client("lambda", region_name=REGION)

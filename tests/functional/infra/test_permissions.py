@@ -17,11 +17,14 @@ ROOT = Path(__file__).resolve().parents[3]
 PACKAGE = ROOT / "functions" / "binderless"
 #: The AWS service each adapter module talks to, as IAM spells its prefix.
 ADAPTERS = {"codebuild": "codebuild", "dynamodb": "dynamodb", "ecr": "ecr", "ecs": "ecs",
-            "efs": "elasticfilesystem", "logs": "logs", "s3": "s3"}
+            "efs": "elasticfilesystem", "iam": "iam", "logs": "logs", "s3": "s3"}
 #: Calls whose IAM actions are not their own name.
 AUTHORIZED_AS = {
     "s3:UploadFile": {"s3:PutObject"},  # boto3's transfer: PutObject or a multipart upload
-    "s3:GeneratePresignedUrl": {"s3:GetObject"},  # the task reads with the gateway's signature
+    # The task reads the checkout (and an earlier session's saved changes) and PUTs its own
+    # saved changes with the gateway's signature (binderless.aws.restores).
+    "s3:GeneratePresignedUrl": {"s3:GetObject", "s3:PutObject"},
+    "s3:HeadObject": {"s3:GetObject"},  # HEAD is authorized as GetObject
     # A transaction is authorized as the writes it carries: binderless's hold Put and Update.
     "dynamodb:TransactWriteItems": {"dynamodb:PutItem", "dynamodb:UpdateItem"},
 }
@@ -30,6 +33,7 @@ NOT_CALLS = {
     "iam:PassRole": "RegisterTaskDefinition names the sessions' roles",
     "ecs:TagResource": "RunTask tags the session's task",
     "elasticfilesystem:TagResource": "CreateAccessPoint tags the user's access point",
+    "iam:TagRole": "CreateRole tags the user's role",
     "elasticfilesystem:ClientMount": "the gateway's own NFS mount of the homes",
     "elasticfilesystem:ClientWrite": "the gateway's own NFS mount of the homes",
 }
@@ -88,7 +92,8 @@ def test_the_scan_finds_the_calls_it_should() -> None:
     actions = called_actions()
     assert {"ecs:RunTask", "ecs:ListTasks", "ecs:DescribeTasks", "ecs:RegisterTaskDefinition",
             "dynamodb:Query", "elasticfilesystem:CreateAccessPoint", "s3:GetObject",
-            "secretsmanager:GetSecretValue"} <= actions
+            "secretsmanager:GetSecretValue", "iam:CreateRole", "iam:PutRolePolicy",
+            "iam:GetRole"} <= actions
     assert "dynamodb:TransactWriteItems" not in actions
 
 

@@ -153,9 +153,15 @@ def gateway_opened_by_another_rule(t: Template) -> None:
         "IpProtocol": "tcp", "FromPort": 8080, "ToPort": 8080, "CidrIpv6": "::/0"}}
 
 
+def boundary(t: Template) -> list[dict[str, Any]]:
+    document = t["Resources"]["HomeRoleBoundary"]["Properties"]["PolicyDocument"]
+    return document["Statement"]  # type: ignore[no-any-return]
+
+
 def anonymous_sessions_may_mount(t: Template) -> None:
-    t["Resources"]["SessionTaskRole"]["Properties"]["Policies"] = [
-        t["Resources"]["HomeSessionTaskRole"]["Properties"]["Policies"][0]]
+    t["Resources"]["SessionTaskRole"]["Properties"]["Policies"] = [{
+        "PolicyName": "mount", "PolicyDocument": {"Version": "2012-10-17",
+                                                  "Statement": copy.deepcopy(boundary(t))}}]
 
 
 def anonymous_sessions_reach_nfs(t: Template) -> None:
@@ -164,17 +170,42 @@ def anonymous_sessions_reach_nfs(t: Template) -> None:
          "SourceSecurityGroupId": {"Ref": "SessionSecurityGroup"}})
 
 
-def anonymous_sessions_get_the_home_role(t: Template) -> None:
-    gateway_setting(t, "BINDERLESS_TASK_ROLE_ARN")["Value"] = {
-        "Fn::GetAtt": ["HomeSessionTaskRole", "Arn"]}
+def one_role_for_every_users_sessions(t: Template) -> None:
+    """What the stack had before: one role that mounts through any user's access point."""
+    role = copy.deepcopy(t["Resources"]["SessionTaskRole"])
+    role["Properties"]["Policies"] = [{"PolicyName": "persistent-home", "PolicyDocument": {
+        "Version": "2012-10-17", "Statement": copy.deepcopy(boundary(t))}}]
+    t["Resources"]["HomeSessionTaskRole"] = role
 
 
 def homes_mounted_without_an_access_point(t: Template) -> None:
-    statements(t, "HomeSessionTaskRole")[0].pop("Condition")
+    boundary(t)[0].pop("Condition")
 
 
 def homes_mounted_through_the_gateways_view(t: Template) -> None:
-    del statements(t, "HomeSessionTaskRole")[0]["Condition"]["ArnNotEquals"]
+    del boundary(t)[0]["Condition"]["ArnNotEquals"]
+
+
+def boundary_allows_more(t: Template) -> None:
+    boundary(t)[0]["Action"].append("elasticfilesystem:ClientRootAccess")
+
+
+def gateway_role_statement(t: Template, sid: str) -> dict[str, Any]:
+    return next(st for st in statements(t, "GatewayTaskRole") if st.get("Sid") == sid)
+
+
+def roles_made_without_the_boundary(t: Template) -> None:
+    gateway_role_statement(t, "MakeHomeRoles").pop("Condition")
+
+
+def roles_made_anywhere(t: Template) -> None:
+    gateway_role_statement(t, "MakeHomeRoles")["Resource"] = {
+        "Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/*"}
+
+
+def boundary_removable(t: Template) -> None:
+    gateway_role_statement(t, "MakeHomeRoles")["Action"].append(
+        "iam:DeleteRolePermissionsBoundary")
 
 
 def file_system_mountable_at_its_root(t: Template) -> None:
@@ -216,7 +247,39 @@ def balancer_without_cloudfront(t: Template) -> None:
     del t["Resources"]["GatewayVpcOrigin"]
 
 
+def sessions_on_the_main_distribution(t: Template) -> None:
+    config = t["Resources"]["Distribution"]["Properties"]["DistributionConfig"]
+    config["CacheBehaviors"].insert(0, copy.deepcopy(
+        t["Resources"]["SessionDistribution"]["Properties"]["DistributionConfig"][
+            "CacheBehaviors"][0]))
+
+
+def session_urls_on_the_site(t: Template) -> None:
+    gateway_setting(t, "BINDERLESS_SESSION_URL")["Value"] = {
+        "Fn::Sub": "https://${Distribution.DomainName}"}
+
+
+def signing_in_on_the_sessions_origin(t: Template) -> None:
+    config = t["Resources"]["SessionDistribution"]["Properties"]["DistributionConfig"]
+    config["CacheBehaviors"].append({**config["CacheBehaviors"][0], "PathPattern": "/auth/*"})
+
+
+def sessions_origin_serves_everything(t: Template) -> None:
+    config = t["Resources"]["SessionDistribution"]["Properties"]["DistributionConfig"]
+    del config["DefaultCacheBehavior"]["FunctionAssociations"]
+
+
+def sessions_origin_named_as_the_site(t: Template) -> None:
+    config = t["Resources"]["SessionDistribution"]["Properties"]["DistributionConfig"]
+    config["Aliases"] = [{"Ref": "DomainName"}]
+
+
 BREAKAGES: list[tuple[str, Callable[[Template], None]]] = [
+    ("session origin", sessions_on_the_main_distribution),
+    ("session origin", session_urls_on_the_site),
+    ("session origin", signing_in_on_the_sessions_origin),
+    ("session origin", sessions_origin_serves_everything),
+    ("session origin", sessions_origin_named_as_the_site),
     ("wildcard actions", grant_everything),
     ("wildcard actions", grant_a_service),
     ("unscoped resources", scope_nothing),
@@ -229,9 +292,13 @@ BREAKAGES: list[tuple[str, Callable[[Template], None]]] = [
     ("open ingress", balancer_open_to_all),
     ("session isolation", anonymous_sessions_may_mount),
     ("session isolation", anonymous_sessions_reach_nfs),
-    ("session isolation", anonymous_sessions_get_the_home_role),
+    ("session isolation", one_role_for_every_users_sessions),
     ("session isolation", homes_mounted_without_an_access_point),
     ("session isolation", homes_mounted_through_the_gateways_view),
+    ("session isolation", boundary_allows_more),
+    ("session isolation", roles_made_without_the_boundary),
+    ("session isolation", roles_made_anywhere),
+    ("session isolation", boundary_removable),
     ("session isolation", file_system_mountable_at_its_root),
     ("public buckets", unblock_public_access),
     ("public buckets", bucket_for_everyone),
