@@ -15,7 +15,8 @@ into a cache folder, with its own socket, data root and exec root; never a syste
 a local registry standing in for ECR, and a local base image with Python, and prints
 DOCKER_HOST=, REGISTRY= and BASE_IMAGE= as its last three lines. `test` runs the container
 tier (tests/containers) against it; BINDERLESS_SKIP_CONTAINERS=1 skips that tier
-explicitly, otherwise an engine that cannot start fails the run.
+explicitly, otherwise an engine that cannot start fails the run. The other tiers run on
+two pytest-xdist workers (BINDERLESS_TEST_WORKERS sets how many; 0 runs them in one process).
 """
 
 from __future__ import annotations
@@ -495,8 +496,14 @@ def test(args: list[str]) -> None:
         run([str(BIN / "python"), "-m", "pytest", *args],
             env=engine_env(engine_values) if containers else env)
         return
-    say("pytest (all tiers but the container tier)")
-    run([str(BIN / "python"), "-m", "pytest", "--ignore=tests/containers"], env=env)
+    # Two workers (pytest-xdist), each test module whole on one of them: most of the suite
+    # waits on servers, Jupyter and Chromium, so two halves overlap well on two cores.
+    workers = os.environ.get("BINDERLESS_TEST_WORKERS", "2")
+    say(f"pytest (all tiers but the container tier, {workers} workers)")
+    started = time.monotonic()
+    run([str(BIN / "python"), "-m", "pytest", "--ignore=tests/containers", "-n", workers,
+         "--dist", "loadgroup", "--durations=15"], env=env)
+    say(f"the main tiers took {time.monotonic() - started:.0f} s")
     if containers:
         say("pytest tests/containers (the container tier, on the project's Docker engine)")
         started = time.monotonic()
