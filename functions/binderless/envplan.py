@@ -405,18 +405,25 @@ def detect(root: Path, binder: str) -> tuple[str, str]:
     if has("runtime.txt"):
         rel = f"{binder}/runtime.txt" if binder else "runtime.txt"
         runtime_name, _ = _runtime(_read(root, rel), rel)
+    # What each buildpack needs names the file that asked for it: the refusals quote it.
+    def at(name: str) -> str:
+        return f"{binder}/{name}" if binder else name
+
     if _legacy_dockerfile(root):
-        return "LegacyBinderDockerBuildPack", "a legacy Dockerfile (binder-base)"
+        return "LegacyBinderDockerBuildPack", "the legacy binder-base image (Dockerfile)"
     if has("Dockerfile"):
-        return "DockerBuildPack", "a Dockerfile"
+        return "DockerBuildPack", f"an image of its own ({at('Dockerfile')})"
     if has("Project.toml") or has("JuliaProject.toml"):
-        return "JuliaProjectTomlBuildPack", "Julia (Project.toml)"
+        toml = "Project.toml" if has("Project.toml") else "JuliaProject.toml"
+        return "JuliaProjectTomlBuildPack", f"Julia ({at(toml)})"
     if has("REQUIRE"):
-        return "JuliaRequireBuildPack", "Julia (REQUIRE)"
+        return "JuliaRequireBuildPack", f"Julia ({at('REQUIRE')})"
     if has("default.nix"):
-        return "NixBuildPack", "Nix (default.nix)"
-    if runtime_name == "r" or (not binder and (root / "DESCRIPTION").exists()):
-        return "RBuildPack", "R (runtime.txt or DESCRIPTION)"
+        return "NixBuildPack", f"Nix ({at('default.nix')})"
+    if runtime_name == "r":
+        return "RBuildPack", f"R ({at('runtime.txt')})"
+    if not binder and (root / "DESCRIPTION").exists():
+        return "RBuildPack", "R (DESCRIPTION)"
     if has("environment.yml") or has("environment.yaml"):
         return "CondaBuildPack", ""
     if (runtime_name is None or runtime_name == "python") and (

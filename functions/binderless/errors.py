@@ -51,8 +51,9 @@ class BinderlessError(Exception):
         self.line = line
 
     def user_message(self) -> str:
-        """The message and, when there is one, what to do about it."""
-        if self.hint:
+        """The message and, when there is one, what to do about it, on a line of its own:
+        each said once (a hint the message already says is not repeated)."""
+        if self.hint and self.hint not in self.message:
             return f"{self.message}\n{self.hint}"
         return self.message
 

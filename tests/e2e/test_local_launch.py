@@ -119,8 +119,8 @@ def test_environment_is_reused_across_launches_and_notebook_commits(
         ("unknown-ref", "Could not resolve ref"),
         ("bad-requirements", "failed while installing the packages"),
         ("failing-postbuild", "postBuild failed (exit code 3)"),
-        ("r-repo", "which the local uv builder cannot build"),
-        ("runtime-missing", "only when Python 3.4 is installed here, which it is not"),
+        ("r-repo", "which the uv builder cannot build"),
+        ("runtime-missing", "asks for Python 3.4, which the uv builder cannot install packages"),
         ("no-spec", "names no repository"),
     ],
 )

@@ -33,7 +33,7 @@ from ..envplan import EnvironmentPlan
 from ..errors import BuildFailed, UnsupportedRepository
 from .protocols import Builder, ImageRef, LogSink, SessionHandle, SessionSpec, Spawner
 from .pythons import find_python
-from .uvbuilder import OTHER_BUILDER, UvBuilder
+from .uvbuilder import UvBuilder, swap_advice
 
 __all__ = ["NO_ENGINE_HINT", "AutoBuilder", "AutoSpawner", "EngineProbe", "UvBuilderWithoutEngine",
            "docker_engine_version", "engine_may_answer", "refusal_without_engine"]
@@ -44,13 +44,14 @@ log = logging.getLogger("binderless.autobuilder")
 ENGINE_TIMEOUT = 5.0
 #: Seconds before an engine that did not answer is asked again.
 ENGINE_RETRY_SECONDS = 30.0
+#: The advice of a uv refusal when no Docker engine answered at startup (in place of
+#: ``OTHER_BUILDER``, whose ``--builder auto`` is already the case). The engine is looked
+#: for at startup only (``local.py``), hence the restart.
 NO_ENGINE_HINT = (
-    "Building it here needs a Docker engine for repo2docker, and none answered "
-    "(`docker version`). Install Docker with its buildx plugin "
-    "(https://docs.docker.com/get-docker/), or, in a binderless source checkout, run "
-    "`python3 dev.py engine` and export the DOCKER_HOST it prints; then launch again "
-    "(--builder auto, the default, uses an engine as soon as one answers). Or launch it "
-    "on a binderless deployed to AWS, which builds with repo2docker."
+    "Install Docker with its buildx plugin (https://docs.docker.com/get-docker/) or run "
+    "`python3 dev.py engine` in a binderless checkout and export the DOCKER_HOST it "
+    "prints, then restart binderless: it builds such repositories with repo2docker, as a "
+    "binderless deployed to AWS does."
 )
 _CONDA_FILES = ("environment.yml", "environment.yaml")
 
@@ -120,17 +121,24 @@ def _conda_failure(plan: EnvironmentPlan, exc: BuildFailed) -> bool:
     return exc.fault == "repository" and conda_file and _has_conda_packages(plan)
 
 
+def _without_engine(hint: str) -> str:
+    """``hint`` advising what to install for repo2docker instead of ``--builder auto``
+    (which this already is): the advice swapped, never a second one added."""
+    swapped = swap_advice(hint, NO_ENGINE_HINT)
+    if NO_ENGINE_HINT.lower() in swapped.lower():
+        return swapped
+    return f"{hint}\n{NO_ENGINE_HINT}".strip()
+
+
 def refusal_without_engine(exc: UnsupportedRepository) -> UnsupportedRepository:
-    """The uv builder's refusal, saying what to install to build the repository here
-    (its own advice, ``--builder docker``, needs an engine too)."""
-    hint = NO_ENGINE_HINT if exc.hint in ("", OTHER_BUILDER) else (
-        f"{exc.hint}\nOr build it with repo2docker: {NO_ENGINE_HINT}")
-    return UnsupportedRepository(exc.message, hint=hint)
+    """The uv builder's refusal, saying what to install to build the repository here."""
+    return UnsupportedRepository(exc.message, hint=_without_engine(exc.hint), fault=exc.fault,
+                                 file=exc.file, line=exc.line)
 
 
 def _failure_without_engine(exc: BuildFailed) -> BuildFailed:
-    return BuildFailed(exc.message, hint=f"{exc.hint}\n{NO_ENGINE_HINT}".strip(),
-                       fault=exc.fault, file=exc.file, line=exc.line)
+    return BuildFailed(exc.message, hint=_without_engine(exc.hint), fault=exc.fault,
+                       file=exc.file, line=exc.line)
 
 
 def engine_may_answer(environ: Mapping[str, str] | None = None) -> bool:
@@ -149,6 +157,8 @@ def engine_may_answer(environ: Mapping[str, str] | None = None) -> bool:
 class UvBuilderWithoutEngine(UvBuilder):
     """The uv builder of ``--builder auto`` when no engine answered at startup: its
     refusals say what to install to build such repositories here."""
+
+    advice = NO_ENGINE_HINT
 
     async def build(self, plan: EnvironmentPlan, checkout: Path, log: LogSink) -> ImageRef:
         try:

@@ -38,7 +38,7 @@ def find_python(version: str, source: str = "runtime.txt") -> str:
     """Path of a ``python<version>`` (``"3.10"``) found on PATH, under pyenv or in /usr.
 
     Raises ``UnsupportedRepository`` naming ``source`` (the file that asked for the
-    version), the versions that are available and the builder that has every one.
+    version) and the versions that are available, with no advice of its own.
     """
     if f"{sys.version_info[0]}.{sys.version_info[1]}" == version:
         return default_python()
@@ -59,11 +59,12 @@ def find_python(version: str, source: str = "runtime.txt") -> str:
         if (v := _version_of(p))
     } | {f"{sys.version_info[0]}.{sys.version_info[1]}"}
     available = sorted(versions, key=lambda v: tuple(int(x) for x in v.split(".")))
+    # What and why only: the builder that calls this adds the one piece of advice that
+    # fits its situation (``uvbuilder.advise``), so it is never said twice.
     raise UnsupportedRepository(
-        f"{source} asks for Python {version}, which is not installed on this machine.",
-        hint=f"Python versions found here: {', '.join(available)}. repo2docker "
-        f"(--builder docker) builds any Python; or install Python {version} here "
-        f"(pyenv install {version}) and launch again.",
+        f"{source} asks for Python {version}, which is not installed on this machine "
+        f"(found here: {', '.join(available)}), and the uv builder uses only Pythons "
+        "installed here.",
     )
 
 

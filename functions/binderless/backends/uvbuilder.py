@@ -38,7 +38,8 @@ from .protocols import ImageRef, LogSink
 from .pythons import available_python, default_python, find_python
 from .uids import UidPool, chown_tree, kill_uid, unreachable_part
 
-__all__ = ["KERNEL_DIR", "UvBuilder", "post_build_command", "uv_binary"]
+__all__ = ["KERNEL_DIR", "OTHER_BUILDER", "UvBuilder", "advise", "post_build_command",
+           "swap_advice", "uv_binary"]
 
 log = logging.getLogger("binderless.uvbuilder")
 
@@ -58,11 +59,34 @@ KERNEL_DIR = "kernel"
 #: The last virtualenv that creates Python 2 environments (uv does not).
 PY2_VIRTUALENV = "virtualenv<20.22"
 SUPPORTED_BUILDPACKS = {"PythonBuildPack", "PipfileBuildPack", "CondaBuildPack"}
+#: The advice of a refusal under ``--builder uv``: the builder that can. A refusal says what
+#: the repository asks for and why the uv builder cannot in its message, then gives one
+#: piece of advice (``advise``): this, or ``autobuilder.NO_ENGINE_HINT`` without an engine.
 OTHER_BUILDER = (
-    "Start binderless with --builder auto or docker where a Docker engine runs "
-    "(python3 dev.py engine starts one), or launch it on a binderless deployed to AWS, "
-    "which builds with repo2docker."
+    "Start binderless with --builder auto (the default) where a Docker engine runs "
+    "(`python3 dev.py engine` starts one): it builds such repositories with repo2docker, "
+    "as a binderless deployed to AWS does."
 )
+
+
+def _lowered(sentence: str) -> str:
+    return sentence[:1].lower() + sentence[1:]
+
+
+def advise(advice: str, python: str = "") -> str:
+    """A refusal's one piece of advice: ``advice`` (which builder can, and how to get
+    it), after installing ``python`` here when the uv builder could then build it."""
+    if not python:
+        return advice
+    return (f"Install Python {python} here (`pyenv install {python}`) and launch again, "
+            f"or {_lowered(advice)}")
+
+
+def swap_advice(hint: str, advice: str) -> str:
+    """``hint`` with the ``--builder uv`` advice (``OTHER_BUILDER``) replaced by ``advice``,
+    for a builder whose situation differs (no engine); unchanged when it has none."""
+    return hint.replace(OTHER_BUILDER, advice).replace(_lowered(OTHER_BUILDER),
+                                                       _lowered(advice))
 
 
 def uv_binary() -> str:
@@ -75,6 +99,8 @@ class UvBuilder:
     name = "uv"
     #: What it builds, in the words launches show ("Built the environment, launching...").
     artifact = "environment"
+    #: The advice its refusals end with (``advise``): the builder that can build them.
+    advice = OTHER_BUILDER
 
     def __init__(self, settings: Settings, *, uids: UidPool | None = None) -> None:
         """``uids``: where builds get their uid when sessions are isolated (share the
@@ -169,11 +195,19 @@ class UvBuilder:
         kernel's too unless it has an environment of its own, ``_kernel_python``)."""
         if plan.python_version is None or plan.separate_kernel:
             return self._server_python()[0]
-        python = find_python(plan.python_version, plan.python_source or "runtime.txt")
+        python = self._find_python(plan.python_version, plan.python_source or "runtime.txt")
         reachable = self._reachable(python, plan.python_version)
         if reachable is None:
             raise self._closed(python, plan.python_version)
         return reachable
+
+    def _find_python(self, version: str, source: str) -> str:
+        """``find_python``, its refusal ending with this builder's advice."""
+        try:
+            return find_python(version, source)
+        except UnsupportedRepository as exc:
+            raise UnsupportedRepository(exc.message,
+                                        hint=advise(self.advice, version)) from exc
 
     def _kernel_python(self, plan: EnvironmentPlan) -> str | None:
         """The kernel's interpreter when it gets an environment of its own (repo2docker
@@ -182,19 +216,13 @@ class UvBuilder:
             return None
         version = plan.python_version
         source = plan.python_source or "runtime.txt"
-        try:
-            python = find_python(version, source)
-        except UnsupportedRepository as exc:
-            raise UnsupportedRepository(
-                f"{source} asks for Python {version}, older than JupyterLab runs on; "
-                f"repo2docker gives such a kernel an environment of its own, and the uv "
-                f"builder does the same only when Python {version} is installed here, "
-                "which it is not.", hint=f"{exc.hint}\n{OTHER_BUILDER}") from exc
+        # Before looking for it: installing such a Python here would not help.
         if tuple(int(x) for x in version.split(".")) < (3, 6) and version != "2.7":
             raise UnsupportedRepository(
                 f"{source} asks for Python {version}, which the uv builder cannot "
                 "install packages for (it handles 2.7 and 3.6 or newer).",
-                hint=OTHER_BUILDER)
+                hint=advise(self.advice))
+        python = self._find_python(version, source)
         reachable = self._reachable(python, version)
         if reachable is None:
             raise self._closed(python, version)
@@ -262,10 +290,9 @@ class UvBuilder:
         if buildpack not in SUPPORTED_BUILDPACKS or plan.unsupported:
             needs = ", ".join(plan.unsupported) or BUILDPACK_NAMES.get(buildpack, buildpack)
             raise UnsupportedRepository(
-                f"This repository needs {needs} (repo2docker's "
-                f"{BUILDPACK_NAMES.get(buildpack, buildpack)} buildpack), which the local uv "
-                "builder cannot build.",
-                hint=OTHER_BUILDER,
+                f"This repository needs {needs}, which the uv builder cannot build "
+                f"(repo2docker's {BUILDPACK_NAMES.get(buildpack, buildpack)} buildpack can).",
+                hint=advise(self.advice),
             )
         return buildpack
 
@@ -406,7 +433,7 @@ class UvBuilder:
                     await asyncio.to_thread(kill_uid, uid)
                 _keep_changes(work, before, env_dir / "home")
         except ProcessFailed as exc:
-            raise _build_failure(plan, step, exc, work) from exc
+            raise _build_failure(plan, step, exc, work, self.advice) from exc
         except OSError as exc:
             raise BuildFailed(f"Building the environment failed while {step}: {exc}",
                               fault="server") from exc
@@ -435,9 +462,10 @@ def post_build_command(script: str) -> list[str]:
 
 
 def _build_failure(plan: EnvironmentPlan, step: str, exc: ProcessFailed,
-                   work: Path) -> BuildFailed:
+                   work: Path, advice: str = OTHER_BUILDER) -> BuildFailed:
     """The error a failed build step becomes: what failed, uv's reason once, and, when the
-    repository is at fault, the file and line to fix."""
+    repository is at fault, the file and line to fix (for conda packages pip could not
+    install, ``advice``: the builder that installs them with conda)."""
     if exc.returncode is None:
         return BuildFailed(f"Building the environment took too long ({step}).",
                            hint="A build that downloads a lot may pass when tried again; "
@@ -463,8 +491,8 @@ def _build_failure(plan: EnvironmentPlan, step: str, exc: ProcessFailed,
         hint += f"\nFix line {line} of {file}: {text}"
     if plan.buildpack == "CondaBuildPack" and plan.requirements and \
             file.rpartition("/")[2] in ("", "environment.yml", "environment.yaml"):
-        hint += ("\nPackages from environment.yml are installed with pip here; "
-                 "conda-only packages need --builder docker.")
+        hint += ("\nPackages from environment.yml are installed with pip here, and a "
+                 f"conda-only one needs repo2docker: {advice}")
     # uv stops at what the repository asks for (a package that does not exist, a typo, a
     # version conflict) before it installs anything; a failure with no file named may
     # still be the network's or the index's.
