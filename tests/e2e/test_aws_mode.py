@@ -625,8 +625,8 @@ def ready_event(gateway: Gateway, launch: str) -> dict[str, Any]:
 def test_an_ended_sessions_changes_come_back_for_its_browser_only(
         gateway: Gateway, fixture_repo: MakeRepo) -> None:
     """An anonymous session on Fargate writes a file and changes one; it is stopped (the
-    stand-in sends SIGTERM, as StopTask does) and its task PUTs them to S3
-    (session-start); the same browser is offered them and a new launch with the restore
+    stand-in sends SIGTERM, as StopTask does) and its task POSTs them to S3 as a form
+    upload that moto_server parses (session-start); the same browser is offered them and a new launch with the restore
     id finds both; another browser is refused, and nothing was saved in the gateway."""
     repo = fixture_repo("python-requirements")
     spec = file_spec(repo)

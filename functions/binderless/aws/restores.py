@@ -6,11 +6,14 @@ here the gateway never sees a session's files, so the session saves them itself:
 * when an anonymous session starts, ``prepare`` makes a new id (192 random bits), writes
   its record ``restores/<id>.json`` (visitor, link, commit; "pending": ``saved_at`` 0) and
   hands the task, through the bootstrap (``aws/bootstrap.py``, never RunTask), a presigned
-  PUT of ``restores/<id>.tar`` and the size cap. With ``?restore=<id>`` (checked as in
-  the local mode: the owner's browser, or a share capability) the task also gets a
-  presigned GET of the earlier tar and puts its files back before Jupyter starts;
+  POST of exactly ``restores/<id>.tar`` and the size cap. A POST, not a PUT: its signed
+  policy carries a ``content-length-range``, so S3 itself refuses a larger upload (the
+  task's own code can read the form; a PUT would take an object of any size). With
+  ``?restore=<id>`` (checked as in the local mode: the owner's browser, or a share
+  capability) the task also gets a presigned GET of the earlier tar and puts its files
+  back before Jupyter starts;
 * when the task stops (ECS StopTask's SIGTERM, or Jupyter ending), ``session-start`` tars
-  the files the visitor created or changed and PUTs them (``build-runner/session-start``);
+  the files the visitor created or changed and POSTs them (``build-runner/session-start``);
 * the first time anyone asks for the record after that (``find``), the gateway reads the
   tar (refusing one past the cap), lists its files and settles the record: kept
   ``restore_days`` from then. A record whose tar never comes is never offered.
@@ -83,7 +86,8 @@ class RestoreObjects(Protocol):
 
     def presigned_get(self, key: str, expires: int = 3600) -> str: ...
 
-    def presigned_put(self, key: str, expires: int = 3600) -> str: ...
+    def presigned_post(self, key: str, max_bytes: int,
+                       expires: int = 3600) -> tuple[str, dict[str, str]]: ...
 
     def delete(self, key: str) -> None: ...
 
@@ -92,7 +96,7 @@ class S3RestoreShelf(RestoreShelf):
     """``RestoreShelf`` with its records and files in S3 (see the module's doc).
 
     ``pending_seconds``: how long after a session starts its tar may still come (the
-    sessions' maximum age and then some); the presigned PUT lasts as long, at most
+    sessions' maximum age and then some); the presigned POST lasts as long, at most
     seven days, and no longer than the gateway's credentials that sign it."""
 
     def __init__(self, objects: RestoreObjects, *, days: float, max_bytes: int,
@@ -138,9 +142,13 @@ class S3RestoreShelf(RestoreShelf):
                 expires_at=now + self.pending_seconds)
             self._write_meta(work)
             self._index(work)
-            handoff["save_url"] = self.objects.presigned_put(
-                restore_key(work.restore_id, "tar"),
+            # S3 refuses a tar larger than what ``_settle`` would read anyway: the files'
+            # cap and tar's own overhead.
+            url, fields = self.objects.presigned_post(
+                restore_key(work.restore_id, "tar"), self.max_bytes + _TAR_OVERHEAD,
                 int(min(self.pending_seconds, _MAX_URL_SECONDS)))
+            handoff["save_url"] = url
+            handoff["save_fields"] = json.dumps(fields)
             handoff["save_max_bytes"] = str(self.max_bytes)
         if handoff and session_id:
             with self._lock:
@@ -148,7 +156,8 @@ class S3RestoreShelf(RestoreShelf):
         return lines
 
     def handoff(self, session_id: str) -> dict[str, str]:
-        """What the task of ``session_id`` is handed with its token (once): ``save_url``,
+        """What the task of ``session_id`` is handed with its token (once): ``save_url``
+        and ``save_fields`` (the presigned POST's URL and its form fields, as JSON),
         ``save_max_bytes`` and ``restore_url``, those that apply."""
         with self._lock:
             return self._handoffs.pop(session_id, {})

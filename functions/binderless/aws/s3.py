@@ -62,12 +62,16 @@ class S3Objects:
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=int(expires))
         return str(url)
 
-    def presigned_put(self, key: str, expires: int = 3600) -> str:
-        """A URL that uploads ``key`` (one PUT of the body, no other signed header)
-        without credentials for ``expires`` seconds; the same caveat as ``presigned_get``."""
-        url = self.client.generate_presigned_url(
-            "put_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=int(expires))
-        return str(url)
+    def presigned_post(self, key: str, max_bytes: int,
+                       expires: int = 3600) -> tuple[str, dict[str, str]]:
+        """The URL and form fields of a browser-style POST upload of exactly ``key``, of
+        at most ``max_bytes``: S3 refuses a larger file (``EntityTooLarge``), which a
+        presigned PUT could not ask for; the same caveat as ``presigned_get``. The form
+        sends these fields first and the file (field ``file``) last."""
+        post = self.client.generate_presigned_post(
+            Bucket=self.bucket, Key=key, ExpiresIn=int(expires),
+            Conditions=[["content-length-range", 0, int(max_bytes)]])
+        return str(post["url"]), {str(k): str(v) for k, v in post["fields"].items()}
 
     def get_bytes(self, key: str, max_bytes: int) -> bytes | None:
         """The body of ``key``, or ``None`` when it does not exist; ``ValueError`` when it

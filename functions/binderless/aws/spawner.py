@@ -83,7 +83,8 @@ class RestoreHandoffs(Protocol):
     ``S3RestoreShelf`` fits)."""
 
     def handoff(self, session_id: str, /) -> dict[str, str]:
-        """``save_url``, ``save_max_bytes`` and ``restore_url``, those that apply."""
+        """``save_url``, ``save_fields``, ``save_max_bytes`` and ``restore_url``, those that
+        apply."""
         ...
 
 

@@ -4,6 +4,7 @@ binderless to import)."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -18,7 +19,7 @@ import boto3
 import httpx
 import pytest
 
-from binderless.aws.restores import S3RestoreShelf, restore_key
+from binderless.aws.restores import _TAR_OVERHEAD, S3RestoreShelf, restore_key
 from binderless.aws.s3 import S3Objects, client_config
 from binderless.errors import AccessDenied
 from binderless.restore import changed_files, write_manifest
@@ -156,14 +157,23 @@ def test_a_session_saves_through_its_url_and_is_offered_to_its_browser_only(
     clock = Clock()
     restores = shelf(s3, clock)
     _lines, handoff = start(restores, "s1")
-    assert set(handoff) == {"save_url", "save_max_bytes"} and handoff["save_max_bytes"] == "1000"
+    assert set(handoff) == {"save_url", "save_fields", "save_max_bytes"}
+    assert handoff["save_max_bytes"] == "1000"
     assert restores.handoff("s1") == {}  # handed over once
     # Before the session saved: no offer (the record is pending).
     assert restores.offers(VISITOR, session_id="s1") == []
-    # The task's PUT, as session-start sends it (moto intercepts the presigned URL).
-    url = httpx.URL(handoff["save_url"])
-    key = url.path.lstrip("/").removeprefix(f"{BUCKET}/")
+    # The presigned POST: S3 takes exactly this key, and no more than the cap and tar's
+    # overhead (moto checks neither the policy nor its signature: the policy is read here).
+    fields = json.loads(handoff["save_fields"])
+    key = fields["key"]
     assert key.startswith("restores/") and key.endswith(".tar")
+    policy = json.loads(base64.b64decode(fields["policy"]))
+    assert ["content-length-range", 0, 1000 + _TAR_OVERHEAD] in policy["conditions"]
+    assert {"key": key} in policy["conditions"] and {"bucket": BUCKET} in policy["conditions"]
+    assert not any(c[0] == "starts-with" for c in policy["conditions"] if isinstance(c, list))
+    assert fields["x-amz-algorithm"] == "AWS4-HMAC-SHA256" and fields["x-amz-signature"]
+    assert httpx.URL(handoff["save_url"]).host.startswith(BUCKET)
+    # The task's upload, as session-start sends it, stood in for by a PutObject.
     s3.client.put_object(Bucket=BUCKET, Key=key,
                          Body=tar_of({"notes.txt": "mine", "../x": "no"}))
     [work] = restores.offers(VISITOR, launch="v2/gh/org/r/HEAD")
@@ -175,7 +185,7 @@ def test_a_session_saves_through_its_url_and_is_offered_to_its_browser_only(
     # The owner's next launch gets a GET of the tar and a new record of its own.
     lines, handoff = start(restores, "s2", restore=work.restore_id)
     assert lines == ["Putting back 1 file you changed in your earlier session.\n"]
-    assert set(handoff) == {"save_url", "save_max_bytes", "restore_url"}
+    assert set(handoff) == {"save_url", "save_fields", "save_max_bytes", "restore_url"}
     assert restore_key(work.restore_id, "tar").split("/")[1] in handoff["restore_url"]
     with pytest.raises(AccessDenied):
         start(restores, "s3", visitor=STRANGER, restore=work.restore_id)
@@ -205,14 +215,38 @@ def test_a_tar_past_the_cap_or_without_files_is_dropped(s3: S3Objects) -> None:
         assert s3.get_bytes(restore_key(item["restore_id"], "json"), 10**6) is None
 
 
+def form_parts(content_type: str, body: bytes) -> list[tuple[str, dict[str, str], bytes]]:
+    """(name, part headers, content) of each part of a multipart/form-data body, in order,
+    read by RFC 7578's framing by hand (the part headers with the email package)."""
+    from email.parser import BytesHeaderParser
+    from email.policy import HTTP
+
+    boundary = content_type.split("boundary=", 1)[1].encode()
+    delimiter = b"--" + boundary
+    assert content_type.startswith("multipart/form-data; ")
+    assert body.startswith(delimiter + b"\r\n") and body.endswith(b"\r\n" + delimiter + b"--\r\n")
+    inner = body[len(delimiter) + 2:-(len(delimiter) + 6)]
+    parts = []
+    for part in inner.split(b"\r\n" + delimiter + b"\r\n"):
+        head, separator, content = part.partition(b"\r\n\r\n")
+        assert separator, part[:200]
+        headers = BytesHeaderParser(policy=HTTP).parsebytes(head + b"\r\n\r\n")
+        disposition = headers.get("Content-Disposition")
+        assert disposition is not None and disposition.content_disposition == "form-data"
+        parts.append((str(disposition.params["name"]), {k: str(v) for k, v in headers.items()},
+                      content))
+    return parts
+
+
 def test_session_start_saves_and_puts_back_through_presigned_urls(tmp_path: Path) -> None:
     """The real script, end to end on this machine: it unpacks an earlier session's tar,
-    runs the command (which changes a file), and PUTs the changes when it has ended.
-    A tiny HTTP server stands in for S3's presigned URLs."""
+    runs the command (which changes a file), and POSTs the changes when it has ended, as
+    S3's form upload wants them: the signed fields first, the file last. A tiny HTTP
+    server stands in for S3's presigned URLs."""
     import http.server
     import threading
 
-    received: dict[str, bytes] = {}
+    received: dict[str, tuple[str, bytes]] = {}
     earlier = tar_of({"kept.txt": "from before"})
 
     class Fake(http.server.BaseHTTPRequestHandler):
@@ -222,10 +256,10 @@ def test_session_start_saves_and_puts_back_through_presigned_urls(tmp_path: Path
             self.end_headers()
             self.wfile.write(earlier)
 
-        def do_PUT(self) -> None:
-            received[self.path] = self.rfile.read(int(self.headers["Content-Length"]))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
+        def do_POST(self) -> None:
+            received[self.path] = (self.headers["Content-Type"],
+                                   self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(204)  # what S3 answers by default
             self.end_headers()
 
         def log_message(self, format: str, *args: object) -> None:
@@ -237,12 +271,15 @@ def test_session_start_saves_and_puts_back_through_presigned_urls(tmp_path: Path
     home = tmp_path / "home"
     home.mkdir()
     (home / "README.md").write_text("checkout")
+    fields = {"key": "restores/x.tar", "policy": "eyJjb25kaXRpb25zIjogW119",
+              "x-amz-signature": "ab" * 32}
     env = {"PATH": os.environ["PATH"], "HOME": str(home),
-           "BINDERLESS_SAVE_URL": f"{base}/restores/x.tar", "BINDERLESS_SAVE_MAX_BYTES": "1000",
+           "BINDERLESS_SAVE_URL": f"{base}/bucket", "BINDERLESS_SAVE_MAX_BYTES": "1000",
+           "BINDERLESS_SAVE_FIELDS": json.dumps(fields),
            "BINDERLESS_RESTORE_URL": f"{base}/restores/before.tar"}
     script = ("import os, pathlib; h = pathlib.Path(os.environ['HOME']); "
               "assert (h / 'kept.txt').read_text() == 'from before'; "
-              "assert 'BINDERLESS_SAVE_URL' not in os.environ; "
+              "assert not [k for k in os.environ if k.startswith('BINDERLESS_SAVE')]; "
               "(h / 'README.md').write_text('edited')")
     try:
         done = subprocess.run(["sh", str(SESSION_START), sys.executable, "-c", script],
@@ -251,16 +288,37 @@ def test_session_start_saves_and_puts_back_through_presigned_urls(tmp_path: Path
         server.shutdown()
         server.server_close()
     assert done.returncode == 0, done.stderr
-    with tarfile.open(fileobj=io.BytesIO(received["/restores/x.tar"])) as tar:
+    content_type, body = received["/bucket"]
+    parts = form_parts(content_type, body)
+    assert [(name, content.decode()) for name, _headers, content in parts[:-1]] == \
+        list(fields.items())
+    name, headers, data = parts[-1]
+    assert name == "file" and headers["Content-Type"] == "application/x-tar"
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         assert sorted(tar.getnames()) == ["README.md", "kept.txt"]
         assert tar.extractfile("README.md").read() == b"edited"  # type: ignore[union-attr]
 
 
-def test_presigned_urls_reach_moto_server_like_s3() -> None:
-    """The presigned PUT is one plain PUT with no signed header but Host (what urllib
-    in session-start sends)."""
+def test_session_start_refuses_form_fields_that_would_break_the_form() -> None:
+    form_upload = supervisor()["form_upload"]
+    body, content_type = form_upload({"key": "k", "policy": "p"}, io.BytesIO(b"tar"))
+    with body:
+        assert [n for n, _h, _c in form_parts(content_type, body.read())] == \
+            ["key", "policy", "file"]
+    for fields in ({"key": "k\r\nx-amz-extra: 1"}, {'key"; x="': "k"}, {"file": "x"},
+                   {"key": 1}):
+        with pytest.raises(ValueError):
+            form_upload(fields, io.BytesIO(b"tar"))
+
+
+def test_the_presigned_post_carries_the_key_and_the_size_cap() -> None:
+    """The presigned POST (``S3Objects.presigned_post``) is for the key alone, with
+    the size cap in its policy; it lasts as long as asked."""
     client = boto3.client("s3", config=client_config(), region_name="us-east-1")
-    url = S3Objects(client, BUCKET).presigned_put("restores/x.tar", 60)
-    query = httpx.URL(url).params
-    assert query["X-Amz-SignedHeaders"] == "host"
-    assert int(query["X-Amz-Expires"]) == 60
+    url, fields = S3Objects(client, BUCKET).presigned_post("restores/x.tar", 5000, 60)
+    assert fields["key"] == "restores/x.tar" and httpx.URL(url).scheme == "https"
+    policy = json.loads(base64.b64decode(fields["policy"]))
+    assert ["content-length-range", 0, 5000] in policy["conditions"]
+    assert {"key": "restores/x.tar"} in policy["conditions"]
+    expires = time.mktime(time.strptime(policy["expiration"], "%Y-%m-%dT%H:%M:%SZ"))
+    assert 0 < expires - time.mktime(time.gmtime()) <= 60

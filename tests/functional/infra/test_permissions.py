@@ -24,6 +24,8 @@ AUTHORIZED_AS = {
     # The task reads the checkout (and an earlier session's saved changes) and PUTs its own
     # saved changes with the gateway's signature (binderless.aws.restores).
     "s3:GeneratePresignedUrl": {"s3:GetObject", "s3:PutObject"},
+    # The saved changes' form upload: S3 authorizes a POST of an object as PutObject.
+    "s3:GeneratePresignedPost": {"s3:PutObject"},
     "s3:HeadObject": {"s3:GetObject"},  # HEAD is authorized as GetObject
     # A transaction is authorized as the writes it carries: binderless's hold Put and Update.
     "dynamodb:TransactWriteItems": {"dynamodb:PutItem", "dynamodb:UpdateItem"},
