@@ -14,7 +14,7 @@ nothing runs as a local process:
   finds the image;
 * a task pulls the task definition's image from that registry and runs it with the
   task's environment and command, in the host's network (the project's engine has no
-  bridge), Jupyter listening on a loopback address of its own (127.0.0.x:8888, so every
+  bridge), Jupyter listening on a loopback address of its own (127.x.y.z:8888, so every
   session keeps Fargate's port) instead of 0.0.0.0.
 
 The module is imported inside the gateway image (tests/containers/test_gateway_image.py

@@ -209,7 +209,7 @@ def test_a_launch_through_the_gateway_image_builds_in_the_runner_and_runs_the_se
     ready = stream.final
     assert ready["image"].startswith(image)
     assert pushed[0] == f"Pushed {ready['image']}@{engine.manifest_digest(ready['image'])}"
-    assert "Started Fargate task" in text and "Task running at 127.0." in text
+    assert "Started Fargate task" in text and "Task running at 127." in text
 
     # The session: the pushed image in a container of its own, reached through the
     # gateway's proxy; its session-start unpacked the launch's checkout from (moto) S3.

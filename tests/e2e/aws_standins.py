@@ -326,6 +326,14 @@ class LocalCodeBuildProject(CodeBuildProject):
 # ----- ECS --------------------------------------------------------------------------------
 
 
+def _worker_octet() -> int:
+    """127.<this>.x.y: each pytest-xdist worker (gw0, gw1, ...) hands out addresses of its
+    own, so two workers never start tasks on the same address and port at once; the
+    second octet 0 stays for the tests' fixed addresses."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return 1 + (int(worker[2:]) if worker[2:].isdigit() else 0)
+
+
 class _Addresses:
     """Loopback addresses for tasks, one each: all of 127.0.0.0/8 is loopback on Linux."""
 
@@ -337,7 +345,7 @@ class _Addresses:
         with cls._lock:
             while True:
                 n = next(cls._counter)
-                ip = f"127.0.{n // 250}.{n % 250 + 2}"
+                ip = f"127.{_worker_octet()}.{n // 250}.{n % 250 + 2}"
                 with socket.socket() as sock:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                     try:

@@ -5,7 +5,7 @@ state lives in (moto) DynamoDB, builds go through CodeBuild, S3, CloudWatch Logs
 sessions through ECS task definitions and RunTask. Only what moto cannot do is done by
 the stand-ins of ``aws_standins.py``, as local processes: the build itself (the uv builder
 instead of repo2docker) and the task's container (the real ``session-start`` and a real
-Jupyter server on a loopback address of its own). Nothing contacts a host but 127.0.0.x
+Jupyter server on a loopback address of its own). Nothing contacts a host but 127.x.x.x
 and the package index the uv builds install from.
 """
 
@@ -315,7 +315,7 @@ def test_launch_builds_on_codebuild_and_runs_a_fargate_task(gateway: Gateway,
     image = str(built["imageName"])
     assert image.startswith(f"{REGISTRY}/{REPOSITORY}:")
     # The session: a Fargate task, waited for while PROVISIONING.
-    assert "Started Fargate task" in text and "Task running at 127.0." in text
+    assert "Started Fargate task" in text and "Task running at 127." in text
 
     ready = stream.final
     assert ready["url"].startswith(gateway.base + "/user/") and ready["url"].endswith("/")
