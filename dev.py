@@ -502,7 +502,7 @@ def test(args: list[str]) -> None:
     say(f"pytest (all tiers but the container tier, {workers} workers)")
     started = time.monotonic()
     run([str(BIN / "python"), "-m", "pytest", "--ignore=tests/containers", "-n", workers,
-         "--dist", "loadgroup", "--durations=15"], env=env)
+         "--dist", "loadfile", "--durations=15"], env=env)
     say(f"the main tiers took {time.monotonic() - started:.0f} s")
     if containers:
         say("pytest tests/containers (the container tier, on the project's Docker engine)")

@@ -34,22 +34,6 @@ os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
 os.environ.setdefault("UV_PYTHON_DOWNLOADS", "never")
 
 
-#: Test modules that start sessions under uids of their own: one worker runs them all, as
-#: two servers handing out uids from the same range at once could hand out the same one.
-UID_MODULES = ("tests/e2e/test_isolation.py", "tests/functional/test_isolation.py")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """With pytest-xdist's ``--dist loadgroup``, a module is one group: its module-scoped
-    fixtures (servers, browsers, builds) are made once, on one worker."""
-    for item in items:
-        if item.get_closest_marker("xdist_group"):
-            continue
-        module = item.nodeid.split("::", 1)[0]
-        group = "uids" if module in UID_MODULES else module
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
